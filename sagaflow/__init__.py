@@ -1,0 +1,44 @@
+"""sagaflow: orchestrated sagas, a transactional outbox and idempotency keys for
+Django + Celery, with PostgreSQL as the only source of truth.
+
+The public API is what this module exports; everything else is internal.
+"""
+
+from .definition import Context, SagaDefinition, StepDefinition, define
+from .exceptions import (
+    Abort,
+    ConfigurationError,
+    DefinitionError,
+    DefinitionMismatchError,
+    InvalidInputError,
+    NotSerializableError,
+    SagaflowError,
+    UnknownSagaError,
+)
+from .registry import get_definition
+from .retry import Retry
+
+__all__ = [
+    "Abort",
+    "ConfigurationError",
+    "Context",
+    "DefinitionError",
+    "DefinitionMismatchError",
+    "InvalidInputError",
+    "NotSerializableError",
+    "Retry",
+    "SagaDefinition",
+    "SagaflowError",
+    "StepDefinition",
+    "UnknownSagaError",
+    "define",
+    "get_definition",
+    "start",
+]
+
+
+def start(
+    name: str, data: object = None, *, key: str | None = None, correlation_id: str | None = None
+):
+    """Start the saga registered as ``name``; see :meth:`SagaDefinition.start`."""
+    return get_definition(name).start(data, key=key, correlation_id=correlation_id)

@@ -1,0 +1,63 @@
+"""Sending step messages to Celery, after commit and never blocking for long.
+
+A message only ever points at a committed row, and losing one is harmless: the
+row is the durable intent and the sweeper sends it again. So a send that fails
+(broker down, paused, unreachable) is logged and given up on quickly instead of
+hanging the caller, typically a web request.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+
+from django.db import transaction
+
+from .conf import conf
+
+logger = logging.getLogger("sagaflow.dispatch")
+
+#: When set (by ``sagaflow.testing``), messages go to this callable instead of Celery.
+_interceptor: Callable[[int, str], None] | None = None
+
+# A publish gets one quick retry; the sweeper is the real retry.
+_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
+
+
+def send(
+    step_id: int, phase: str, *, countdown: float | None = None, timeout: float | None = None
+) -> None:
+    if _interceptor is not None:
+        _interceptor(step_id, phase)
+        return
+    from .tasks import execute_step
+
+    options: dict = {"retry": True, "retry_policy": _RETRY_POLICY}
+    if countdown:
+        options["countdown"] = countdown
+    if timeout:
+        # Soft limit: SoftTimeLimitExceeded is raised in the step (a retryable failure).
+        # Hard limit: the process is killed, and the lease (timeout + grace) recovers it.
+        options["soft_time_limit"] = timeout
+        options["time_limit"] = timeout + max(1.0, conf.LEASE_GRACE / 2)
+    if conf.QUEUE:
+        options["queue"] = conf.QUEUE
+    try:
+        execute_step.apply_async((step_id, phase), **options)
+    except Exception:  # the broker is down: the sweeper will send it again
+        logger.warning(
+            "could not send step %s (%s) to the broker; the sweeper will resend it",
+            step_id,
+            phase,
+            exc_info=True,
+        )
+
+
+def send_on_commit(
+    step_id: int, phase: str, *, countdown: float | None = None, timeout: float | None = None
+) -> None:
+    transaction.on_commit(
+        functools.partial(send, step_id, phase, countdown=countdown, timeout=timeout),
+        robust=True,
+    )

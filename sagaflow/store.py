@@ -1,0 +1,310 @@
+"""Every query on ``Saga`` and ``SagaStep``.
+
+The engine decides; this module reads and writes. Rows of one run are only
+changed while its ``Saga`` row is locked (``SELECT … FOR UPDATE``), so a worker, a
+late zombie worker and the sweeper acting on the same run are serialised and no
+read-modify-write is lost. (The one exception, the sweeper stamping a lost message
+as sent again, touches only ``dispatched_at`` under the step's own row lock.)
+Times are the database's clock (``now()``), never a worker's, so drifting clocks
+cannot make a lease look alive or dead.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import DateTimeField, ExpressionWrapper, Q
+from django.db.models.functions import Now
+
+from .models import Saga, SagaState, SagaStep, StepState
+
+FORWARD = "forward"
+COMPENSATE = "compensate"
+
+
+def now_plus(seconds: float) -> ExpressionWrapper:
+    return ExpressionWrapper(Now() + timedelta(seconds=seconds), output_field=DateTimeField())
+
+
+def now_minus(seconds: float) -> ExpressionWrapper:
+    return ExpressionWrapper(Now() - timedelta(seconds=seconds), output_field=DateTimeField())
+
+
+def relax_durability() -> None:
+    """Make the current transaction's commit asynchronous (PostgreSQL only).
+
+    Used for claims: a claim lost in a database crash only costs a repeated
+    attempt (the recorded outcome is fenced by the lease token and the action is
+    idempotent), so it need not wait for a WAL flush.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+
+
+# --- creating runs -------------------------------------------------------------
+
+
+def insert_run(
+    *,
+    name: str,
+    key: str | None,
+    data: Any,
+    correlation_id: str | None,
+    deadline: timedelta | None,
+    step_names: Sequence[str],
+) -> tuple[Saga, bool]:
+    """Insert a run and its steps, or return the run already started with ``key``.
+
+    The unique constraint on (name, key) makes concurrent starts with the same key
+    safe: the loser's INSERT waits for the winner's commit, fails, and reads it.
+    """
+    saga_id = uuid.uuid4()
+    fields = {
+        "id": saga_id,
+        "data": data,
+        "correlation_id": correlation_id or str(saga_id),
+        "deadline_at": now_plus(deadline.total_seconds()) if deadline else None,
+    }
+    if key is None:
+        saga = Saga.objects.create(name=name, key=None, **fields)
+        created = True
+    else:
+        try:
+            with transaction.atomic():
+                saga = Saga.objects.create(name=name, key=key, **fields)
+            created = True
+        except IntegrityError:
+            saga = Saga.objects.get(name=name, key=key)
+            return saga, False
+    SagaStep.objects.bulk_create(
+        SagaStep(saga=saga, index=i, name=step_name) for i, step_name in enumerate(step_names)
+    )
+    SagaStep.objects.filter(saga=saga, index=0).update(due_at=Now(), dispatched_at=Now())
+    saga.refresh_from_db()
+    return saga, created
+
+
+# --- locking and reading one run ----------------------------------------------------
+
+
+def lock_step(step_id: int) -> SagaStep | None:
+    """The step with its saga, the saga row locked until the transaction ends."""
+    return (
+        SagaStep.objects.select_related("saga")
+        .select_for_update(of=("saga",))
+        .annotate(db_now=Now())
+        .filter(pk=step_id)
+        .first()
+    )
+
+
+def lock_saga(saga_id: uuid.UUID) -> Saga | None:
+    return Saga.objects.select_for_update().annotate(db_now=Now()).filter(pk=saga_id).first()
+
+
+def steps_of(saga: Saga) -> list[SagaStep]:
+    return list(SagaStep.objects.filter(saga=saga).order_by("index"))
+
+
+def holds_lease(step: SagaStep, token: uuid.UUID, phase: str) -> bool:
+    expected_state = StepState.RUNNING if phase == FORWARD else StepState.COMPENSATING
+    expected_saga = SagaState.RUNNING if phase == FORWARD else SagaState.COMPENSATING
+    return (
+        step.lease_token == token
+        and step.state == expected_state
+        and step.saga.state == expected_saga
+    )
+
+
+def is_claimable(step: SagaStep, phase: str) -> bool:
+    """Waiting, due by the database clock, and its saga in the matching state."""
+    waiting_state = StepState.PENDING if phase == FORWARD else StepState.COMPENSATING
+    saga_state = SagaState.RUNNING if phase == FORWARD else SagaState.COMPENSATING
+    return (
+        step.saga.state == saga_state
+        and step.state == waiting_state
+        and step.lease_token is None
+        and step.due_at is not None
+        and step.due_at <= step.db_now  # type: ignore[attr-defined]
+    )
+
+
+# --- step transitions (caller holds the saga lock) ----------------------------------
+
+
+def claim(step: SagaStep, phase: str, token: uuid.UUID, lease_seconds: float) -> int:
+    """Start an attempt; returns its number (1-based)."""
+    step.lease_token = token
+    step.lease_expires_at = now_plus(lease_seconds)
+    step.due_at = None
+    step.dispatched_at = None
+    fields = ["lease_token", "lease_expires_at", "due_at", "dispatched_at"]
+    if phase == FORWARD:
+        step.state = StepState.RUNNING
+        step.attempts += 1
+        step.started_at = Now()
+        fields += ["state", "attempts", "started_at"]
+        attempt = step.attempts
+    else:
+        step.compensation_attempts += 1
+        fields += ["compensation_attempts"]
+        attempt = step.compensation_attempts
+    step.save(update_fields=fields)
+    return attempt
+
+
+def _release(step: SagaStep) -> list[str]:
+    step.lease_token = None
+    step.lease_expires_at = None
+    return ["lease_token", "lease_expires_at"]
+
+
+def step_succeeded(step: SagaStep, result: Any) -> None:
+    fields = _release(step)
+    step.state = StepState.SUCCEEDED
+    step.result = result
+    step.error = ""
+    step.finished_at = Now()
+    step.save(update_fields=[*fields, "state", "result", "error", "finished_at"])
+
+
+def step_compensated(step: SagaStep) -> None:
+    fields = _release(step)
+    step.state = StepState.COMPENSATED
+    step.error = ""
+    step.compensated_at = Now()
+    step.save(update_fields=[*fields, "state", "error", "compensated_at"])
+
+
+def step_wait(step: SagaStep, *, delay: float, error: str, dispatched: bool) -> None:
+    """Back to waiting: the next attempt is due in ``delay`` seconds."""
+    fields = _release(step)
+    if step.state == StepState.RUNNING:
+        step.state = StepState.PENDING
+    step.error = error
+    step.due_at = now_plus(delay)
+    step.dispatched_at = now_plus(delay) if dispatched else None
+    step.save(update_fields=[*fields, "state", "error", "due_at", "dispatched_at"])
+
+
+def step_gave_up(step: SagaStep, *, error: str, interrupted: bool | None = None) -> None:
+    """A forward step failed for good (or a compensation did: its state stays)."""
+    fields = _release(step)
+    if step.state in (StepState.RUNNING, StepState.PENDING):
+        step.state = StepState.FAILED
+        step.finished_at = Now()
+        fields += ["state", "finished_at"]
+    if interrupted is not None:
+        step.interrupted = interrupted
+        fields.append("interrupted")
+    step.error = error
+    step.due_at = None
+    step.dispatched_at = None
+    step.save(update_fields=[*fields, "error", "due_at", "dispatched_at"])
+
+
+def mark_interrupted(step: SagaStep) -> None:
+    step.interrupted = True
+    step.save(update_fields=["interrupted"])
+
+
+def schedule_now(step: SagaStep, state: str) -> None:
+    """Make ``step`` due now in ``state`` (pending: run it; compensating: undo it)."""
+    step.state = state
+    step.due_at = Now()
+    step.dispatched_at = Now()
+    step.save(update_fields=["state", "due_at", "dispatched_at"])
+
+
+def next_step(step: SagaStep) -> SagaStep | None:
+    return SagaStep.objects.filter(saga_id=step.saga_id, index=step.index + 1).first()
+
+
+def save_saga(saga: Saga, *fields: str) -> None:
+    saga.save(update_fields=[*fields, "updated_at"])
+
+
+def finish_saga(saga: Saga, state: str, error: str = "", also: Sequence[str] = ()) -> None:
+    saga.state = state
+    saga.finished_at = Now()
+    fields = ["state", "finished_at", *also]
+    if error:
+        saga.error = error
+        fields.append("error")
+    save_saga(saga, *fields)
+
+
+# --- what the sweeper looks for -----------------------------------------------------
+
+
+def expired_leases(limit: int) -> list[int]:
+    return list(
+        SagaStep.objects.filter(lease_token__isnull=False, lease_expires_at__lt=Now())
+        .order_by("lease_expires_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
+def overdue_sagas(limit: int) -> list[uuid.UUID]:
+    return list(
+        Saga.objects.filter(state=SagaState.RUNNING, deadline_at__lt=Now())
+        .order_by("deadline_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
+@dataclass(frozen=True)
+class Redispatch:
+    step_id: int
+    phase: str
+    saga_name: str
+    index: int
+
+
+def take_lost_dispatches(limit: int, redispatch_after: float) -> list[Redispatch]:
+    """Waiting steps that are due and whose message should have run by now.
+
+    Each is stamped as sent again in the same statement, under SKIP LOCKED, so two
+    sweepers running at once (two beats) send one message, not two.
+    """
+    due = Q(lease_token__isnull=True, due_at__lte=Now()) & (
+        Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=now_minus(redispatch_after))
+    )
+    forward = Q(state=StepState.PENDING, saga__state=SagaState.RUNNING)
+    backward = Q(state=StepState.COMPENSATING, saga__state=SagaState.COMPENSATING)
+    with transaction.atomic():
+        rows = list(
+            SagaStep.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(due & (forward | backward))
+            .values_list("pk", "state", "saga__name", "index")
+            .order_by("due_at")[:limit]
+        )
+        SagaStep.objects.filter(pk__in=[r[0] for r in rows]).update(dispatched_at=Now())
+    return [
+        Redispatch(pk, FORWARD if state == StepState.PENDING else COMPENSATE, name, index)
+        for pk, state, name, index in rows
+    ]
+
+
+def oldest_running_started_at() -> datetime | None:
+    return (
+        Saga.objects.filter(state__in=[SagaState.RUNNING, SagaState.COMPENSATING])
+        .order_by("created_at")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+
+
+def stalled(step: SagaStep) -> bool:
+    """Leased and past its lease by the database clock."""
+    return (
+        step.lease_token is not None
+        and step.lease_expires_at is not None
+        and step.lease_expires_at < step.db_now  # type: ignore[attr-defined]
+    )
