@@ -145,18 +145,25 @@ def execute(step_id: int, phase: str) -> None:
                 _reject_stale(claim)
                 return
             outcome = _run(claim, _function(claim), savepoint=True)
+            fault_point("step.after_action")  # a crash here rolls the step's writes back
             _record(step, claim, outcome)
         fault_point("step.after_record")
         return
     outcome = _run(claim, _function(claim), savepoint=False)
     fault_point("step.after_action" if phase == FORWARD else "compensation.after_action")
+    if _record_if_current(claim, outcome):
+        fault_point("step.after_record")
+
+
+def _record_if_current(claim: Claim, outcome: Outcome) -> bool:
+    """Record the outcome of a non-atomic attempt unless its lease was lost meanwhile."""
     with transaction.atomic():
-        step = store.lock_step(step_id)
-        if step is None or not store.holds_lease(step, claim.token, phase):
+        step = store.lock_step(claim.step_id)
+        if step is None or not store.holds_lease(step, claim.token, claim.phase):
             _reject_stale(claim)
-            return
+            return False
         _record(step, claim, outcome)
-    fault_point("step.after_record")
+    return True
 
 
 def _function(claim: Claim) -> StepFunction:

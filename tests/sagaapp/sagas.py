@@ -76,14 +76,15 @@ chain = _make_chain("chain", ["s0", "s1", "s2", "s3"])
 # A short deadline; its second step sleeps past it.
 deadline_chain = _make_chain("deadline_chain", ["d0", "d1", "d2"], deadline=timedelta(seconds=3))
 
-# A step with a short timeout, to be killed mid-step; recovery takes timeout + grace.
+# A step with a short timeout, killed mid-step after its side effect; recovery takes
+# timeout + grace.
 crashable = sagaflow.define("crashable")
 
 
-@crashable.step(timeout=2, retry=Retry(attempts=3, backoff=0.1, max_backoff=0.2))
+@crashable.step(timeout=4, retry=Retry(attempts=3, backoff=0.1, max_backoff=0.2))
 def charge(ctx):
+    _effect(ctx, "step")  # the side effect first: a crash after it must not repeat it
     _behave(ctx, "step")
-    _effect(ctx, "step")
     return {"charged": True}
 
 

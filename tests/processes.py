@@ -1,0 +1,120 @@
+"""Real processes for acceptance tests: Celery workers on the test database.
+
+A worker is a separate ``celery worker`` process (prefork pool) configured with
+``tests.settings`` and pointed at the test database pytest-django created, so what
+it does goes through the real broker (Redis) and real PostgreSQL transactions.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def database_url() -> str:
+    """URL of the database this test process uses (the test database)."""
+    s = connection.settings_dict
+    user = s.get("USER") or "postgres"
+    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    host = s.get("HOST") or "localhost"
+    port = s.get("PORT") or 5432
+    return f"postgres://{user}{password}@{host}:{port}/{s['NAME']}"
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DATABASE_URL=database_url(),
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def wait_until(condition: Callable[[], Any], *, timeout: float = 60.0, every: float = 0.1,
+               tick: Callable[[], Any] | None = None, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``.
+
+    ``tick`` runs before each poll (the tests pass the sweeper, playing celery beat).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if tick is not None:
+            tick()
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+class Worker:
+    """A ``celery worker`` subprocess; stop() or kill() it, or SIGKILL its children."""
+
+    def __init__(self, *, concurrency: int = 2, env: dict[str, str] | None = None) -> None:
+        self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
+        fd, path = tempfile.mkstemp(prefix="sagaflow-worker-", suffix=".log")
+        os.close(fd)
+        self.log = Path(path)
+        with self.log.open("wb") as log:
+            self.process = self._spawn(concurrency, env, log)
+        wait_until(self._ready, timeout=60, what="the celery worker to be ready")
+
+    def _spawn(self, concurrency: int, env: dict[str, str] | None, log: Any) -> subprocess.Popen:
+        return subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "demo_shop", "worker",
+                "--loglevel=INFO", f"--concurrency={concurrency}", "--pool=prefork",
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                "-n", self.name,
+            ],
+            cwd=ROOT,
+            env=child_env(**(env or {})),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker exited early:\n{self.output()}")
+        return b"ready." in self.log.read_bytes()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-5000:]
+
+    def kill(self) -> None:
+        """SIGKILL the main process and every child: a cold crash, no cleanup."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # stray children, if any
+        except ProcessLookupError:
+            pass
+        self.log.unlink(missing_ok=True)
