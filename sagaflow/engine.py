@@ -184,14 +184,16 @@ def _claim(step_id: int, phase: str, token: uuid.UUID) -> Claim | None:
         try:
             definition, step_def = _resolve(saga, step)
         except (UnknownSagaError, DefinitionMismatchError) as exc:
+            store.step_gave_up(step, error=str(exc))
             _fail_saga(saga, str(exc))
             return None
         if phase == COMPENSATE and step_def.compensation_def is None:
-            _fail_saga(
-                saga,
+            error = (
                 f"step {step.name!r} of saga {saga.name!r} is due for compensation but "
-                f"the code no longer defines one (the definition changed mid-run).",
+                f"the code no longer defines one (the definition changed mid-run)."
             )
+            store.step_gave_up(step, error=error)
+            _fail_saga(saga, error)
             return None
         lease = _timeout(step_def, phase) + conf.LEASE_GRACE
         attempt = store.claim(step, phase, token, lease)

@@ -17,7 +17,7 @@ from django.db.models.functions import Now
 
 from . import dispatch, engine, faults, sweeper
 from .definition import SagaDefinition
-from .models import Saga, SagaStep, StepState
+from .models import Saga, SagaState, SagaStep, StepState
 from .store import now_minus
 
 __all__ = ["armed_fault", "captured_dispatches", "drive", "expire_leases", "run_inline"]
@@ -47,7 +47,12 @@ def armed_fault(point: str, action: str = "raise") -> Iterator[None]:
 
 def _waiting(saga: Saga) -> SagaStep | None:
     return (
-        SagaStep.objects.filter(saga=saga, due_at__isnull=False, lease_token__isnull=True)
+        SagaStep.objects.filter(
+            saga=saga,
+            saga__state__in=[SagaState.RUNNING, SagaState.COMPENSATING],
+            due_at__isnull=False,
+            lease_token__isnull=True,
+        )
         .order_by("-index")
         .first()
     )

@@ -7,6 +7,7 @@ it does goes through the real broker (Redis) and real PostgreSQL transactions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -45,8 +46,14 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_until(condition: Callable[[], Any], *, timeout: float = 60.0, every: float = 0.1,
-               tick: Callable[[], Any] | None = None, what: str = "condition") -> Any:
+def wait_until(
+    condition: Callable[[], Any],
+    *,
+    timeout: float = 60.0,
+    every: float = 0.1,
+    tick: Callable[[], Any] | None = None,
+    what: str = "condition",
+) -> Any:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout``.
 
     ``tick`` runs before each poll (the tests pass the sweeper, playing celery beat).
@@ -78,10 +85,20 @@ class Worker:
     def _spawn(self, concurrency: int, env: dict[str, str] | None, log: Any) -> subprocess.Popen:
         return subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "demo_shop", "worker",
-                "--loglevel=INFO", f"--concurrency={concurrency}", "--pool=prefork",
-                "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "-n", self.name,
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "demo_shop",
+                "worker",
+                "--loglevel=INFO",
+                f"--concurrency={concurrency}",
+                "--pool=prefork",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                self.name,
             ],
             cwd=ROOT,
             env=child_env(**(env or {})),
@@ -100,10 +117,8 @@ class Worker:
 
     def kill(self) -> None:
         """SIGKILL the main process and every child: a cold crash, no cleanup."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=30)
 
     def stop(self) -> None:
@@ -113,8 +128,6 @@ class Worker:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)  # stray children, if any
-        except ProcessLookupError:
-            pass
         self.log.unlink(missing_ok=True)

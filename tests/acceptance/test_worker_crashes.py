@@ -82,7 +82,10 @@ def test_whole_worker_killed_mid_step_is_recovered_by_another(workers):
 def test_crash_after_the_side_effect_before_it_is_recorded(workers, tmp_path):
     workers(
         concurrency=1,
-        env={"SAGAFLOW_FAULTS": "step.after_action=kill", "SAGAFLOW_FAULTS_ONCE_DIR": str(tmp_path)},
+        env={
+            "SAGAFLOW_FAULTS": "step.after_action=kill",
+            "SAGAFLOW_FAULTS_ONCE_DIR": str(tmp_path),
+        },
     )
     saga = sagas.chain.start({})
     settle(saga)
@@ -96,7 +99,10 @@ def test_crash_after_the_side_effect_before_it_is_recorded(workers, tmp_path):
 def test_atomic_step_crash_before_commit_rolls_its_write_back(workers, tmp_path):
     workers(
         concurrency=1,
-        env={"SAGAFLOW_FAULTS": "step.after_action=kill", "SAGAFLOW_FAULTS_ONCE_DIR": str(tmp_path)},
+        env={
+            "SAGAFLOW_FAULTS": "step.after_action=kill",
+            "SAGAFLOW_FAULTS_ONCE_DIR": str(tmp_path),
+        },
     )
     saga = sagas.atomic_saga.start({})
     settle(saga)
@@ -111,7 +117,7 @@ def test_duplicated_atomic_step_message_writes_once(workers):
     workers(concurrency=2)
     with captured_dispatches() as sent:
         saga = sagas.atomic_saga.start({"hold": 1.0})
-    (step_id, phase), = sent
+    ((step_id, phase),) = sent
     from sagaflow.tasks import execute_step
 
     execute_step.delay(step_id, phase)
@@ -134,7 +140,10 @@ def test_redis_flushed_mid_run(workers, broker):
     assert {s.state for s in runs} == {SagaState.COMPLETED}
     for saga in runs:
         assert Effect.objects.filter(saga_id=saga.id, kind="step").count() == 4
-        assert list(Effect.objects.filter(saga_id=saga.id).values_list("requests", flat=True)) == [1] * 4
+        assert (
+            list(Effect.objects.filter(saga_id=saga.id).values_list("requests", flat=True))
+            == [1] * 4
+        )
 
 
 def test_saga_past_its_deadline_is_compensated(workers):

@@ -3,6 +3,8 @@
 The test process plays celery beat: it runs the sweeper while it waits.
 """
 
+import itertools
+
 import pytest
 
 from sagaflow import sweeper
@@ -27,7 +29,9 @@ def settle(saga: Saga, timeout: float = 60) -> Saga:
 
 def calls(saga, kind):
     return list(
-        Call.objects.filter(saga_id=saga.id, kind=kind).order_by("id").values_list("step", "attempt")
+        Call.objects.filter(saga_id=saga.id, kind=kind)
+        .order_by("id")
+        .values_list("step", "attempt")
     )
 
 
@@ -64,7 +68,7 @@ def test_retry_waits_follow_the_backoff_bounds(worker):
     assert saga.state == SagaState.COMPLETED
     tries = list(Call.objects.filter(saga_id=saga.id, step="s1").order_by("attempt"))
     assert [c.attempt for c in tries] == [1, 2, 3]
-    for k, (before, after) in enumerate(zip(tries, tries[1:], strict=False), start=1):
+    for k, (before, after) in enumerate(itertools.pairwise(tries), start=1):
         ceiling = sagas.FAST_RETRY.ceiling(k)
         gap = (after.at - before.at).total_seconds()
         assert ceiling / 2 <= gap <= ceiling + 1.5, (k, gap)
