@@ -1,0 +1,87 @@
+"""Shared plumbing for benchmarks: Django setup, a worker process, medians."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def setup_django() -> None:
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+    import django
+    import psycopg
+    from django.conf import settings
+
+    django.setup()
+    db = settings.DATABASES["default"]
+    admin = psycopg.connect(
+        host=db["HOST"] or "localhost",
+        port=db["PORT"] or 5432,
+        user=db["USER"] or "postgres",
+        dbname="postgres",
+        autocommit=True,
+    )
+    exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]).fetchone()
+    if not exists:
+        admin.execute(f'CREATE DATABASE "{db["NAME"]}"')
+    admin.close()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def start_worker(concurrency: int = 1) -> subprocess.Popen:
+    from django.conf import settings
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DJANGO_SETTINGS_MODULE="bench.settings")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "demo_shop",
+            "worker",
+            "--loglevel=WARNING",
+            f"--concurrency={concurrency}",
+            "--pool=prefork",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"bench-{os.getpid()}@%h",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    from demo_shop.celery import app
+
+    deadline = time.monotonic() + 60
+    while not app.control.ping(timeout=0.5):
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError("the bench worker did not start")
+    del settings
+    return process
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 600, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark did not finish")
+        time.sleep(every)
+
+
+def median_of(runs: int, measure: Callable[[], float]) -> tuple[float, list[float]]:
+    values = [measure() for _ in range(runs)]
+    return statistics.median(values), values
