@@ -95,7 +95,7 @@ def main() -> None:
         f"{sorted(per_step_commits)[len(per_step_commits) // 2]:.2f}"
     )
     print(
-        f"raw runs: bare {['%.3f' % v for v in bare_all]}, sagas {['%.3f' % v for v in saga_all]}"
+        f"raw runs: bare {[f'{v:.3f}' for v in bare_all]}, sagas {[f'{v:.3f}' for v in saga_all]}"
     )
 
 
