@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import DateTimeField, ExpressionWrapper, Q
+from django.db.models import DateTimeField, ExpressionWrapper, Q, Subquery
 from django.db.models.functions import Now
 
 from .models import Saga, SagaState, SagaStep, StepState
@@ -94,17 +94,24 @@ def insert_run(
 
 
 def lock_step(step_id: int) -> SagaStep | None:
-    """The step with its saga, the saga row locked until the transaction ends."""
-    return (
-        SagaStep.objects.select_related("saga")
-        .select_for_update(of=("saga",))
-        .annotate(db_now=Now())
-        .filter(pk=step_id)
-        .first()
-    )
+    """The step with its saga, the saga row locked until the transaction ends.
+
+    Two statements on purpose: the step is read *after* the lock is granted. Read
+    in the same statement (a join with ``FOR UPDATE OF saga``), a waiter would get
+    the step row as it was before the lock holder's commit (READ COMMITTED re-checks
+    only the locked row), and two workers could claim the same attempt.
+    """
+    saga_id = SagaStep.objects.filter(pk=step_id).values("saga_id")
+    saga = lock_saga(Subquery(saga_id))
+    if saga is None:
+        return None
+    step = SagaStep.objects.annotate(db_now=Now()).filter(pk=step_id).first()
+    if step is not None:
+        step.saga = saga
+    return step
 
 
-def lock_saga(saga_id: uuid.UUID) -> Saga | None:
+def lock_saga(saga_id: uuid.UUID | Subquery) -> Saga | None:
     return Saga.objects.select_for_update().annotate(db_now=Now()).filter(pk=saga_id).first()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
-from . import engine, store
+from . import recovery, store
 from .conf import conf
 
 logger = logging.getLogger("sagaflow.sweeper")
@@ -32,11 +32,11 @@ def sweep() -> SweepReport:
     report = SweepReport()
     batch = conf.SWEEP_BATCH_SIZE
     for step_id in store.expired_leases(batch):
-        report.expired_leases += engine.recover_expired_lease(step_id)
+        report.expired_leases += recovery.recover_expired_lease(step_id)
     for saga_id in store.overdue_sagas(batch):
-        report.deadlines += engine.enforce_deadline(saga_id)
+        report.deadlines += recovery.enforce_deadline(saga_id)
     for item in store.take_lost_dispatches(batch, conf.REDISPATCH_AFTER):
-        engine.redispatch(item)
+        recovery.redispatch(item)
         report.redispatched += 1
     if report.expired_leases or report.deadlines or report.redispatched:
         logger.info("sweep: %s", report.as_dict())

@@ -15,7 +15,7 @@ from typing import Any
 
 from django.db.models.functions import Now
 
-from . import dispatch, engine, faults, sweeper
+from . import dispatch, engine, faults, store, sweeper
 from .definition import SagaDefinition
 from .models import Saga, SagaState, SagaStep, StepState
 from .store import now_minus
@@ -70,7 +70,7 @@ def drive(saga: Saga, *, max_attempts: int = 1000) -> Saga:
             if step is None:
                 break
             SagaStep.objects.filter(pk=step.pk).update(due_at=Now())
-            phase = engine.FORWARD if step.state == StepState.PENDING else engine.COMPENSATE
+            phase = store.FORWARD if step.state == StepState.PENDING else store.COMPENSATE
             engine.execute(step.pk, phase)
         else:
             raise AssertionError(f"saga {saga.id} did not settle within {max_attempts} attempts")

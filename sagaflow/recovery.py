@@ -1,0 +1,98 @@
+"""Recovery of runs whose worker, message or deadline was lost (called by the sweeper).
+
+Every function re-checks its condition under the run's row lock, so two sweeps at
+once (two beat processes) or a sweep racing a late worker act once.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from django.db import transaction
+
+from . import dispatch, store
+from .conf import conf
+from .exceptions import DefinitionMismatchError, UnknownSagaError
+from .models import SagaState, StepState
+from .registry import get_definition
+from .transitions import (
+    COMPENSATE,
+    FORWARD,
+    Outcome,
+    compensation_failed,
+    continue_compensation,
+    fail_saga,
+    forward_failed,
+    log_extra,
+    resolve,
+    timeout_of,
+)
+
+logger = logging.getLogger("sagaflow.engine")
+
+
+def recover_expired_lease(step_id: int) -> bool:
+    """The worker holding this step's lease is gone (or overran): count it as a failed
+    attempt that may have had its effect. Returns whether anything changed."""
+    with transaction.atomic():
+        step = store.lock_step(step_id)
+        if step is None or not store.stalled(step):
+            return False
+        saga = step.saga
+        phase = FORWARD if step.state == StepState.RUNNING else COMPENSATE
+        try:
+            _, step_def = resolve(saga, step)
+        except (UnknownSagaError, DefinitionMismatchError) as exc:
+            store.step_gave_up(step, error=str(exc))
+            fail_saga(saga, str(exc))
+            return True
+        attempt = step.attempts if phase == FORWARD else step.compensation_attempts
+        error = (
+            f"lease of attempt {attempt} expired: the worker was lost or the step ran past "
+            f"its timeout of {timeout_of(step_def, phase):g}s"
+        )
+        if phase == FORWARD:
+            forward_failed(saga, step, step_def, Outcome(error=error), interrupted=True)
+        else:
+            compensation_failed(saga, step, step_def, Outcome(error=error))
+    return True
+
+
+def enforce_deadline(saga_id: uuid.UUID) -> bool:
+    """Compensate a run that is past its deadline; the step in flight counts as
+    possibly done and its late result will be rejected."""
+    with transaction.atomic():
+        saga = store.lock_saga(saga_id)
+        if saga is None or saga.state != SagaState.RUNNING or saga.deadline_at is None:
+            return False
+        if saga.deadline_at >= saga.db_now:  # type: ignore[attr-defined]
+            return False
+        try:
+            definition = get_definition(saga.name)
+        except UnknownSagaError as exc:
+            fail_saga(saga, str(exc))
+            return True
+        error = f"deadline {saga.deadline_at.isoformat()} passed"
+        below = saga.current_step
+        for step in store.steps_of(saga):
+            if step.state == StepState.RUNNING:
+                store.step_gave_up(step, error=f"{error} while it ran", interrupted=True)
+                below = step.index + 1
+            elif step.state == StepState.PENDING and step.due_at is not None:
+                store.step_gave_up(step, error=f"{error} before it ran")
+        saga.state = SagaState.COMPENSATING
+        saga.error = error
+        store.save_saga(saga, "state", "error")
+        logger.warning("saga past its deadline; compensating", extra=log_extra(saga))
+        continue_compensation(saga, definition, below=below)
+    return True
+
+
+def redispatch(item: store.Redispatch) -> None:
+    try:
+        step_def = get_definition(item.saga_name).steps[item.index]
+        timeout = timeout_of(step_def, item.phase)
+    except (UnknownSagaError, IndexError):
+        timeout = conf.DEFAULT_STEP_TIMEOUT  # the claim will stop the run with a clear error
+    dispatch.send(item.step_id, item.phase, timeout=timeout)

@@ -1,0 +1,237 @@
+"""What follows an outcome: the transitions of a run, under its row lock.
+
+The engine (an attempt's outcome), the sweeper (a lost lease, a deadline) and
+operators (retry, compensate) all end up here, so each rule of "what happens next"
+is written once. Decisions come from the pure ``machine``; this module writes them
+through ``store`` and sends the resulting messages after commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+
+from . import dispatch, machine, signals, store
+from .conf import conf
+from .definition import SagaDefinition, StepDefinition
+from .exceptions import DefinitionMismatchError
+from .models import Saga, SagaState, SagaStep, StepState
+from .registry import get_definition
+from .retry import Retry
+
+logger = logging.getLogger("sagaflow.engine")
+
+FORWARD, COMPENSATE = store.FORWARD, store.COMPENSATE
+
+
+@dataclass
+class Outcome:
+    result: Any = None
+    error: str = ""
+    aborted: bool = False
+    retryable: bool = True
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.error
+
+
+def resolve(saga: Saga, step: SagaStep) -> tuple[SagaDefinition, StepDefinition]:
+    definition = get_definition(saga.name)
+    code_names = [s.name for s in definition.steps]
+    if step.index >= len(code_names) or code_names[step.index] != step.name:
+        found = code_names[step.index] if step.index < len(code_names) else "nothing"
+        raise DefinitionMismatchError(
+            f"Saga {saga.name!r} run {saga.id}: stored step {step.index} is {step.name!r} "
+            f"but the code's step {step.index} is {found!r} (code steps: {code_names}). "
+            f"The definition changed while this run was in flight; the run was stopped "
+            f"rather than run the wrong step. Keep old step names until in-flight runs end."
+        )
+    return definition, definition.steps[step.index]
+
+
+def record(step: SagaStep, phase: str, step_def: StepDefinition, outcome: Outcome) -> None:
+    """Store ``outcome`` of the attempt on ``step`` and schedule what follows."""
+    saga = step.saga
+    if phase == FORWARD:
+        if outcome.succeeded:
+            forward_succeeded(saga, step, step_def.saga, outcome.result)
+        else:
+            forward_failed(saga, step, step_def, outcome)
+    elif outcome.succeeded:
+        store.step_compensated(step)
+        logger.info("step compensated", extra=log_extra(saga, step, step.compensation_attempts))
+        continue_compensation(saga, step_def.saga, below=step.index)
+    else:
+        compensation_failed(saga, step, step_def, outcome)
+
+
+def forward_succeeded(saga: Saga, step: SagaStep, definition: SagaDefinition, result: Any) -> None:
+    store.step_succeeded(step, result)
+    saga.results = {**saga.results, step.name: result}
+    logger.info("step succeeded", extra=log_extra(saga, step, step.attempts))
+    signal_on_commit(signals.step_succeeded, saga, step=step.name, attempt=step.attempts)
+    following = store.next_step(step)
+    if following is None:
+        saga.current_step = step.index + 1
+        store.finish_saga(saga, SagaState.COMPLETED, also=("results", "current_step"))
+        logger.info("saga completed", extra=log_extra(saga))
+        signal_on_commit(signals.saga_completed, saga)
+        return
+    store.schedule_now(following, StepState.PENDING)
+    saga.current_step = following.index
+    store.save_saga(saga, "results", "current_step")
+    steps = definition.steps
+    # A stored step the code no longer has is stopped with a clear error at its claim.
+    timeout = (
+        timeout_of(steps[following.index], FORWARD)
+        if following.index < len(steps)
+        else float(conf.DEFAULT_STEP_TIMEOUT)
+    )
+    dispatch.send_on_commit(following.pk, FORWARD, timeout=timeout)
+
+
+def forward_failed(
+    saga: Saga,
+    step: SagaStep,
+    step_def: StepDefinition,
+    outcome: Outcome,
+    *,
+    interrupted: bool | None = None,
+) -> None:
+    retry = retry_of(step_def, FORWARD)
+    decision = machine.after_step_failure(
+        index=step.index,
+        attempts=step.attempts,
+        retry=retry,
+        aborted=outcome.aborted,
+        retryable=outcome.retryable,
+    )
+    signal_on_commit(
+        signals.step_failed, saga, step=step.name, attempt=step.attempts, error=outcome.error
+    )
+    if isinstance(decision, machine.RetryLater):
+        if interrupted:
+            store.mark_interrupted(step)
+        wait(step, decision.delay, outcome.error, FORWARD, step_def)
+        logger.warning(
+            "step failed, retrying in %.2fs",
+            decision.delay,
+            extra=log_extra(saga, step, step.attempts),
+        )
+        return
+    store.step_gave_up(step, error=outcome.error, interrupted=interrupted)
+    logger.warning("step failed for good; compensating", extra=log_extra(saga, step, step.attempts))
+    saga.state = SagaState.COMPENSATING
+    saga.error = f"step {step.name!r} failed: {outcome.error.splitlines()[-1][:500]}"
+    store.save_saga(saga, "state", "error")
+    continue_compensation(saga, step_def.saga, below=decision.below)
+
+
+def compensation_failed(
+    saga: Saga, step: SagaStep, step_def: StepDefinition, outcome: Outcome
+) -> None:
+    decision = machine.after_compensation_failure(
+        attempts=step.compensation_attempts,
+        retry=retry_of(step_def, COMPENSATE),
+        aborted=outcome.aborted,
+        step=step.name,
+        error=outcome.error.splitlines()[-1][:500] if outcome.error else "",
+    )
+    if isinstance(decision, machine.RetryLater):
+        wait(step, decision.delay, outcome.error, COMPENSATE, step_def)
+        logger.warning(
+            "compensation failed, retrying in %.2fs",
+            decision.delay,
+            extra=log_extra(saga, step, step.compensation_attempts),
+        )
+        return
+    store.step_gave_up(step, error=outcome.error)
+    fail_saga(saga, decision.reason)
+
+
+def continue_compensation(saga: Saga, definition: SagaDefinition, *, below: int) -> None:
+    views = [
+        machine.StepView(
+            index=s.index,
+            state=s.state,
+            has_compensation=has_compensation(definition, s),
+            interrupted=s.interrupted,
+        )
+        for s in store.steps_of(saga)
+    ]
+    index = machine.next_to_compensate(views, below)
+    if index is None:
+        store.finish_saga(saga, SagaState.COMPENSATED)
+        logger.info("saga compensated", extra=log_extra(saga))
+        signal_on_commit(signals.saga_compensated, saga)
+        return
+    step = SagaStep.objects.get(saga=saga, index=index)
+    store.schedule_now(step, StepState.COMPENSATING)
+    saga.current_step = index
+    store.save_saga(saga, "current_step")
+    step_def = definition.steps[index]
+    dispatch.send_on_commit(step.pk, COMPENSATE, timeout=timeout_of(step_def, COMPENSATE))
+
+
+def has_compensation(definition: SagaDefinition, step: SagaStep) -> bool:
+    if step.index >= len(definition.steps):
+        return False
+    step_def = definition.steps[step.index]
+    return step_def.name == step.name and step_def.has_compensation
+
+
+def wait(step: SagaStep, delay: float, error: str, phase: str, step_def: StepDefinition) -> None:
+    """Schedule the next attempt. Short waits ride on a broker countdown; long ones
+    wait in PostgreSQL for the sweeper, since broker ETAs beyond the visibility
+    timeout are redelivered again and again."""
+    via_broker = delay <= conf.MAX_COUNTDOWN
+    store.step_wait(step, delay=delay, error=error, dispatched=via_broker)
+    if via_broker:
+        dispatch.send_on_commit(
+            step.pk, phase, countdown=delay, timeout=timeout_of(step_def, phase)
+        )
+
+
+def fail_saga(saga: Saga, reason: str) -> None:
+    store.finish_saga(saga, SagaState.FAILED, error=reason)
+    logger.error("saga failed and needs a person: %s", reason, extra=log_extra(saga))
+    signal_on_commit(signals.saga_failed, saga, error=reason)
+
+
+def timeout_of(step_def: StepDefinition, phase: str) -> float:
+    if phase == COMPENSATE and step_def.compensation_def and step_def.compensation_def.timeout:
+        return step_def.compensation_def.timeout
+    return step_def.timeout or float(conf.DEFAULT_STEP_TIMEOUT)
+
+
+def retry_of(step_def: StepDefinition, phase: str) -> Retry:
+    if phase == COMPENSATE and step_def.compensation_def and step_def.compensation_def.retry:
+        return step_def.compensation_def.retry
+    return step_def.retry or Retry(
+        attempts=conf.DEFAULT_RETRY_ATTEMPTS,
+        backoff=conf.DEFAULT_RETRY_BACKOFF,
+        max_backoff=conf.DEFAULT_RETRY_MAX_BACKOFF,
+    )
+
+
+def signal_on_commit(signal: Any, saga: Saga, **kwargs: Any) -> None:
+    def send() -> None:
+        signal.send_robust(sender=Saga, saga=saga, **kwargs)
+
+    transaction.on_commit(send, robust=True)
+
+
+def log_extra(saga: Saga, step: SagaStep | None = None, attempt: int | None = None) -> dict:
+    extra: dict[str, Any] = {
+        "saga_id": str(saga.id),
+        "saga_name": saga.name,
+        "correlation_id": saga.correlation_id,
+    }
+    if step is not None:
+        extra["step"] = step.name
+        extra["attempt"] = attempt
+    return extra
