@@ -4,17 +4,29 @@ Django + Celery, with PostgreSQL as the only source of truth.
 The public API is what this module exports; everything else is internal.
 """
 
+from .consumers import Event, consumer
 from .definition import Context, SagaDefinition, StepDefinition, define
 from .exceptions import (
     Abort,
     ConfigurationError,
     DefinitionError,
     DefinitionMismatchError,
+    IdempotencyBodyMalformed,
+    IdempotencyError,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyInvalid,
+    IdempotencyKeyMissing,
+    IdempotencyKeyReused,
+    IdempotencyResponseNotStored,
+    IdempotencyScopeMissing,
     InvalidInputError,
+    NotInTransactionError,
     NotSerializableError,
+    OutboxError,
     SagaflowError,
     UnknownSagaError,
 )
+from .outbox import publish
 from .registry import get_definition
 from .retry import Retry
 
@@ -24,15 +36,28 @@ __all__ = [
     "Context",
     "DefinitionError",
     "DefinitionMismatchError",
+    "Event",
+    "IdempotencyBodyMalformed",
+    "IdempotencyError",
+    "IdempotencyKeyInFlight",
+    "IdempotencyKeyInvalid",
+    "IdempotencyKeyMissing",
+    "IdempotencyKeyReused",
+    "IdempotencyResponseNotStored",
+    "IdempotencyScopeMissing",
     "InvalidInputError",
+    "NotInTransactionError",
     "NotSerializableError",
+    "OutboxError",
     "Retry",
     "SagaDefinition",
     "SagaflowError",
     "StepDefinition",
     "UnknownSagaError",
+    "consumer",
     "define",
     "get_definition",
+    "publish",
     "start",
 ]
 

@@ -37,6 +37,78 @@ class Defaults:
     QUEUE: str | None = None
     #: Longest ``key`` accepted by ``start``.
     KEY_MAX_LENGTH: int = 200
+    #: A live saga whose row has not changed for this many seconds is "stuck":
+    #: shown in the admin's filter and in ``manage.py sagaflow status``.
+    STUCK_AFTER: float = 300.0
+    #: Outbox lag (age of the oldest unpublished event) that ``status`` reports
+    #: as needing attention.
+    OUTBOX_LAG_ALERT: float = 60.0
+    # --- idempotency keys (docs/idempotency.md) ---
+    #: Seconds a completed key is replayed before it may be reused (24 h).
+    IDEMPOTENCY_TTL: float = 86400.0
+    #: Seconds an in-flight claim is held; after that a retry takes it over (the
+    #: first request's process is presumed dead). Keep it above the request timeout.
+    IDEMPOTENCY_LEASE: float = 60.0
+    #: ``Retry-After`` seconds sent with 409 while the same key is in flight.
+    IDEMPOTENCY_RETRY_AFTER: int = 1
+    #: Bounds of the published key format (printable ASCII, no spaces).
+    IDEMPOTENCY_KEY_MIN_LENGTH: int = 1
+    IDEMPOTENCY_KEY_MAX_LENGTH: int = 255
+    #: Methods that ``@idempotent`` applies to; safe methods pass through.
+    IDEMPOTENCY_METHODS: tuple[str, ...] = ("POST", "PUT", "PATCH", "DELETE")
+    #: Dotted path of ``scope(request) -> str | None``: whose keys these are.
+    IDEMPOTENCY_SCOPE: str = "sagaflow.idempotency.user_scope"
+    #: Response headers stored and replayed (cookies and auth headers never are).
+    IDEMPOTENCY_REPLAY_HEADERS: tuple[str, ...] = (
+        "Content-Type",
+        "Content-Language",
+        "Content-Location",
+        "Location",
+        "ETag",
+        "Last-Modified",
+        "Link",
+    )
+    #: Rows the janitor deletes per statement, so no delete holds locks for long.
+    JANITOR_BATCH_SIZE: int = 1000
+    # --- transactional outbox (docs/outbox.md) ---
+    #: Events one relay transaction claims and publishes as one broker message.
+    OUTBOX_BATCH_SIZE: int = 500
+    #: Failed publishes (broker down) before an event is ``dead``; with the
+    #: backoff below this is about an hour and a half of outage.
+    OUTBOX_MAX_ATTEMPTS: int = 25
+    OUTBOX_RETRY_BACKOFF: float = 0.5
+    OUTBOX_RETRY_MAX_BACKOFF: float = 300.0
+    #: Upper bound on one broker publish; the claim's row locks are held across
+    #: it, so a hung broker cannot make the relay a long transaction. The broker
+    #: transport's own ``socket_timeout``/``socket_connect_timeout`` must be lower.
+    OUTBOX_PUBLISH_TIMEOUT: float = 10.0
+    #: Dotted path of the publisher class (``publish(events)``, one round trip).
+    OUTBOX_PUBLISHER: str = "sagaflow.relay.CeleryPublisher"
+    #: Celery queue for delivered events (None: ``QUEUE``).
+    OUTBOX_QUEUE: str | None = None
+    #: Send ``sagaflow.relay_outbox`` to Celery when a transaction that published
+    #: commits (turn off when ``manage.py sagaflow_relay`` runs: NOTIFY wakes it).
+    OUTBOX_KICK_ON_COMMIT: bool = True
+    #: ``NOTIFY`` the long-lived relay from publishing transactions (PostgreSQL).
+    OUTBOX_NOTIFY: bool = True
+    #: Serialise transactions that publish the same key (a transaction-level
+    #: advisory lock), so per key, id order is commit order.
+    OUTBOX_SERIALIZE_KEYS: bool = True
+    #: Seconds the long-lived relay sleeps without a NOTIFY before looking anyway
+    #: (retries that became due, a missed notification).
+    OUTBOX_POLL_INTERVAL: float = 1.0
+    #: Seconds one ``sagaflow.relay_outbox`` task drains before handing over to a
+    #: fresh task, so a worker slot is not held forever under sustained load.
+    OUTBOX_TASK_TIME_BUDGET: float = 20.0
+    #: Published events and processed inbox rows are kept this long (7 days).
+    OUTBOX_RETENTION: float = 7 * 86400.0
+    INBOX_RETENTION: float = 7 * 86400.0
+    #: Consumer handler retries when its ``@consumer`` names no ``retry``.
+    CONSUMER_RETRY_ATTEMPTS: int = 5
+    CONSUMER_RETRY_BACKOFF: float = 1.0
+    CONSUMER_RETRY_MAX_BACKOFF: float = 300.0
+    #: A retry sent to the broker but not run after this many seconds is sent again.
+    CONSUMER_REDELIVER_AFTER: float = 60.0
 
 
 class Settings:

@@ -39,5 +39,81 @@ class Abort(SagaflowError):
         self.reason = reason
 
 
+class ActionRefused(SagaflowError):
+    """An operator action (retry, compensate) does not apply to the run's state."""
+
+
 class FaultInjected(SagaflowError):
     """Raised by an armed fault point (see ``sagaflow.testing``)."""
+
+
+# --- errors answered to HTTP clients (idempotency keys) -------------------------------
+
+
+class IdempotencyError(SagaflowError):
+    """A request refused by the idempotency-key policy; rendered as problem+json.
+
+    ``status_code`` and ``code`` are public and stable: clients branch on ``code``.
+    """
+
+    status_code: int = 400
+    code: str = "idempotency-error"
+    title: str = "Idempotency-Key error"
+
+    def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class IdempotencyKeyMissing(IdempotencyError):
+    status_code = 400
+    code = "idempotency-key-missing"
+    title = "Idempotency-Key header required"
+
+
+class IdempotencyKeyInvalid(IdempotencyError):
+    status_code = 400
+    code = "idempotency-key-invalid"
+    title = "Idempotency-Key header malformed"
+
+
+class IdempotencyScopeMissing(IdempotencyError):
+    status_code = 400
+    code = "idempotency-scope-missing"
+    title = "Idempotency-Key needs an identified client"
+
+
+class IdempotencyBodyMalformed(IdempotencyError):
+    status_code = 400
+    code = "request-body-malformed"
+    title = "Request body is not valid JSON"
+
+
+class IdempotencyKeyInFlight(IdempotencyError):
+    status_code = 409
+    code = "idempotency-key-in-flight"
+    title = "A request with this Idempotency-Key is still being processed"
+
+
+class IdempotencyResponseNotStored(IdempotencyError):
+    status_code = 409
+    code = "idempotency-response-not-stored"
+    title = "The response to this Idempotency-Key cannot be replayed"
+
+
+class IdempotencyKeyReused(IdempotencyError):
+    status_code = 422
+    code = "idempotency-key-reused"
+    title = "Idempotency-Key already used for a different request"
+
+
+# --- transactional outbox -------------------------------------------------------------
+
+
+class OutboxError(SagaflowError):
+    """Root of the outbox's errors."""
+
+
+class NotInTransactionError(OutboxError, InvalidInputError):
+    """``publish`` was called outside ``transaction.atomic()``; nothing was written."""

@@ -26,6 +26,8 @@ POINTS = frozenset(
         "step.after_action",  # the action ran (side effect done); nothing recorded yet
         "step.after_record",  # the outcome committed; the next message not yet sent
         "compensation.after_action",  # the compensation ran; not recorded yet
+        "relay.after_claim",  # a batch is claimed (rows locked); nothing published yet
+        "relay.after_publish",  # the batch is on the broker; not yet marked published
     }
 )
 ACTIONS = frozenset({"raise", "kill"})

@@ -129,3 +129,161 @@ class SagaStep(models.Model):
 
     def __str__(self) -> str:
         return f"{self.saga_id}#{self.index} {self.name} ({self.state})"
+
+
+class IdempotencyKeyState(models.TextChoices):
+    IN_FLIGHT = "in_flight"
+    COMPLETED = "completed"
+
+
+class IdempotencyKey(models.Model):
+    """One client request key (``Idempotency-Key``) and, once done, its response.
+
+    Written only by ``idempotency_store.py``. A key belongs to a scope (the
+    authenticated principal), a method and a route; the unique constraint over
+    the four is what makes the claim atomic. ``lock_token`` fences the holder of
+    an in-flight claim: after a takeover, a late holder can no longer record.
+    """
+
+    scope = models.CharField(max_length=255)
+    method = models.CharField(max_length=10)
+    #: The URL pattern (``resolver_match.route``), not the concrete path.
+    route = models.TextField()
+    key = models.CharField(max_length=255)
+    #: sha256 over method, route, path + query, content type and canonical body.
+    fingerprint = models.CharField(max_length=64)
+    state = models.CharField(
+        max_length=16, choices=IdempotencyKeyState.choices, default=IdempotencyKeyState.IN_FLIGHT
+    )
+    lock_token = models.UUIDField(null=True, blank=True)
+    #: How many times the view was started for this key (takeovers count).
+    attempts = models.PositiveIntegerField(default=1)
+    locked_until = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    #: ``[[name, value], ...]``: only the allow-listed headers.
+    response_headers = models.JSONField(default=list, blank=True)
+    #: NULL for a completed streaming response, whose body was never stored.
+    response_body = models.BinaryField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["scope", "method", "route", "key"],
+                name="sagaflow_idempotencykey_unique",
+            ),
+        ]
+        indexes = [
+            # The janitor's scan: expired rows only.
+            models.Index(fields=["expires_at"], name="sagaflow_idemkey_expires"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.route} {self.key} ({self.state})"
+
+
+class OutboxState(models.TextChoices):
+    PENDING = "pending"
+    PUBLISHED = "published"
+    DEAD = "dead"
+
+
+class OutboxEvent(models.Model):
+    """One message to publish, written in the transaction of the change it announces.
+
+    Written only by ``outbox_store.py``. ``id`` orders events; per ``key`` it is
+    also commit order (``publish`` serialises writers of one key). Rows stay
+    ``published`` until the janitor's retention deletes them; ``dead`` rows (too
+    many failed publishes) wait for a person to re-queue them.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    topic = models.CharField(max_length=200)
+    #: Ordering key: events with the same key are published in order. NULL: unordered.
+    key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
+    payload = models.JSONField(null=True, blank=True)
+    #: ``correlation_id``, ``causation_id`` and whatever the caller added.
+    headers = models.JSONField(default=dict, blank=True)
+    state = models.CharField(
+        max_length=16, choices=OutboxState.choices, default=OutboxState.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField()
+    #: Not published before this time (database clock); moved on by failed publishes.
+    available_at = models.DateTimeField()
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # The relay's claim: pending rows in id order; stays small however
+            # large the table grows, because published rows leave it.
+            models.Index(
+                fields=["id"],
+                condition=Q(state="pending"),
+                name="sagaflow_outbox_pending",
+            ),
+            # Head-of-line check: an earlier pending event of the same key.
+            models.Index(
+                fields=["key", "id"],
+                condition=Q(state="pending", key__isnull=False),
+                name="sagaflow_outbox_pending_key",
+            ),
+            # Retention: the janitor's scan of old published rows.
+            models.Index(
+                fields=["published_at"],
+                condition=Q(state="published"),
+                name="sagaflow_outbox_published",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.id} {self.topic} ({self.state})"
+
+
+class InboxState(models.TextChoices):
+    PROCESSED = "processed"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+class InboxMessage(models.Model):
+    """One event as seen by one consumer: processed (its writes committed with this
+    row), failed (a retry is due at ``available_at``) or dead (retries exhausted).
+
+    Written only by ``consumers.py`` through ``outbox_store.py``. The unique
+    (consumer, message_id) pair is what makes a duplicate delivery a no-op.
+    """
+
+    consumer = models.CharField(max_length=200)
+    #: The ``OutboxEvent`` id.
+    message_id = models.BigIntegerField()
+    topic = models.CharField(max_length=200)
+    state = models.CharField(max_length=16, choices=InboxState.choices)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    available_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["consumer", "message_id"], name="sagaflow_inbox_unique"
+            ),
+        ]
+        indexes = [
+            # Due retries of failed handlers.
+            models.Index(
+                fields=["available_at"],
+                condition=Q(state="failed"),
+                name="sagaflow_inbox_retry",
+            ),
+            # Retention.
+            models.Index(fields=["updated_at"], name="sagaflow_inbox_updated"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.consumer} #{self.message_id} ({self.state})"

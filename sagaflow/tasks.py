@@ -30,3 +30,50 @@ def execute_step(step_id: int, phase: str) -> None:
 @shared_task(name="sagaflow.sweep", ignore_result=True)
 def sweep() -> dict[str, int]:
     return sweeper.sweep().as_dict()
+
+
+@shared_task(name="sagaflow.janitor", ignore_result=True)
+def janitor() -> dict[str, int]:
+    # Imported here so this append-only block stays self-contained.
+    from .janitor import clean
+
+    return clean()
+
+
+# --- transactional outbox (relay.py, consumers.py) ------------------------------------
+
+
+@shared_task(name="sagaflow.relay_outbox", ignore_result=True)
+def relay_outbox() -> dict[str, int]:
+    """Kicked on commit by ``publish`` and run by beat to recover: drain the outbox,
+    then send due consumer retries. Harmless when run concurrently (C10)."""
+    from . import consumers, relay
+    from .conf import conf
+
+    report = relay.drain(max_seconds=float(conf.OUTBOX_TASK_TIME_BUDGET)).as_dict()
+    if report["batches"] and report["published"] and not report["failed"]:
+        # Stopped by the time budget with work left? A fresh task continues.
+        last_full = report["published"] == report["batches"] * int(conf.OUTBOX_BATCH_SIZE)
+        if last_full:
+            relay_outbox.apply_async(queue=conf.QUEUE or None, **relay.ONE_ATTEMPT)
+    report["consumer_retries"] = consumers.redeliver_due()
+    return report
+
+
+@shared_task(
+    name="sagaflow.deliver_events",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=1,
+    retry_backoff_max=30,
+    max_retries=5,
+)
+def deliver_events(
+    events: list[dict], consumer: str | None = None, retry: bool = False
+) -> dict[str, int]:
+    """One relayed batch: run each event's consumers, each in its own transaction."""
+    from . import consumers
+
+    return consumers.deliver(events, only=consumer, retry=retry).as_dict()

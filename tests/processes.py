@@ -131,3 +131,59 @@ class Worker:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)  # stray children, if any
         self.log.unlink(missing_ok=True)
+
+
+class Relay:
+    """A ``manage.py sagaflow_relay`` subprocess (the outbox relay's long-lived loop)."""
+
+    def __init__(self, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+        fd, path = tempfile.mkstemp(prefix="sagaflow-relay-", suffix=".log")
+        os.close(fd)
+        self.log = Path(path)
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "manage.py", "sagaflow_relay", *args],
+                cwd=ROOT,
+                env=child_env(
+                    **{"DJANGO_SETTINGS_MODULE": "tests.outboxapp.relay_settings", **(env or {})}
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            code = self.process.returncode
+            raise AssertionError(f"relay exited early ({code}):\n{self.output()}")
+        return b"sagaflow relay ready" in self.log.read_bytes()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-5000:]
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> dict[str, int]:
+        """SIGTERM, wait, and return the counters it printed (empty if it was killed)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        text = self.log.read_text(errors="replace")
+        stats: dict[str, int] = {}
+        for line in text.splitlines():
+            if line.startswith("sagaflow relay stopped:"):
+                for item in line.split(":", 1)[1].split():
+                    name, _, value = item.partition("=")
+                    stats[name] = int(value)
+        return stats
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.kill()
+        self.log.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ os.environ.setdefault("CELERY_BROKER_URL", "redis://localhost:6379/0")
 from demo_shop.settings import *  # noqa: F403
 from demo_shop.settings import INSTALLED_APPS
 
-INSTALLED_APPS = [*INSTALLED_APPS, "tests.sagaapp"]
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.sagaapp", "tests.outboxapp"]
 
 # Short timings so recovery paths run in seconds, not minutes.
 SAGAFLOW = {

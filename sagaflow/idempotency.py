@@ -1,0 +1,523 @@
+"""Idempotency keys for API views: the ``@idempotent`` decorator and its policy.
+
+The policy follows the IETF ``Idempotency-Key`` draft (see docs/idempotency.md).
+It runs when the *view* is called, not in the middleware, for two reasons:
+
+- only there is the view's transaction open (``ATOMIC_REQUESTS`` or an outer
+  ``@transaction.atomic``), so the key's record can commit together with the
+  view's writes, and
+- only there has Django REST framework authenticated the caller, so the key is
+  scoped to the right principal.
+
+It follows that a request refused before the view ran (CSRF, authentication,
+permissions, throttling, a body too large) never touches the key.
+
+Mode, chosen per call: when a transaction is open on the keys' database the
+claim is written inside it (**atomic mode**); otherwise the claim is committed
+on its own before the view runs (**claim-first mode**, Stripe's recovery point),
+which is what views with external side effects need.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any, TypeVar
+
+from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.db import connections, transaction
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+from django.utils.module_loading import import_string
+
+from .conf import conf
+from .exceptions import (
+    ConfigurationError,
+    IdempotencyBodyMalformed,
+    IdempotencyError,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyInvalid,
+    IdempotencyKeyMissing,
+    IdempotencyKeyReused,
+    IdempotencyResponseNotStored,
+    IdempotencyScopeMissing,
+)
+from .faults import fault_point, register_points
+
+__all__ = ["IdempotencyInfo", "fingerprint", "idempotent", "parse_key", "user_scope"]
+
+logger = logging.getLogger("sagaflow.idempotency")
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+ATOMIC = "atomic"
+CLAIM_FIRST = "claim-first"
+#: Never stored, whatever SAGAFLOW['IDEMPOTENCY_REPLAY_HEADERS'] says: replaying
+#: them would hand one client's session, CSRF token or credentials to a retry.
+NEVER_REPLAYED = frozenset(
+    {
+        "set-cookie",
+        "cookie",
+        "authorization",
+        "proxy-authorization",
+        "www-authenticate",
+        "proxy-authenticate",
+        "x-csrftoken",
+        "x-csrf-token",
+        REPLAYED_HEADER.lower(),
+    }
+)
+_UNSAFE_HANDLERS = ("post", "put", "patch", "delete")
+_CLAIM_TRIES = 3
+
+register_points(
+    "idempotency.after_claim",  # the claim is written; the view has not run
+    "idempotency.after_view",  # the view ran; its response is not recorded
+)
+
+V = TypeVar("V")
+ScopeFunction = Callable[[Any], "str | None"]
+
+
+@dataclass(frozen=True)
+class IdempotencyInfo:
+    """Set as ``request.idempotency`` while an ``@idempotent`` view runs with a key.
+
+    ``attempt`` is 2 or more when the view runs again after the process that
+    first claimed the key died: a view with external side effects should pass
+    ``key`` on (e.g. as the payment provider's idempotency key) or check them.
+    """
+
+    key: str
+    scope: str
+    attempt: int
+    mode: str
+
+
+@dataclass(frozen=True)
+class _Policy:
+    required: bool
+    ttl: float | None
+    scope: ScopeFunction | None
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    http: HttpRequest
+    scope: str
+    method: str
+    route: str
+    key: str
+    fingerprint: str
+    ttl: float
+
+
+# --- the pure parts ---------------------------------------------------------------
+
+
+def parse_key(raw: str | None) -> str | None:
+    """The key from the header value, or None if absent; raise if malformed.
+
+    Printable ASCII without spaces, quotes or backslashes, within the configured
+    length bounds. A Structured Field string (``"abc"``, as the draft writes it)
+    is accepted too and unquoted. No database is touched before this passes.
+    """
+    if raw is None:
+        return None
+    value = raw
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    low, high = conf.IDEMPOTENCY_KEY_MIN_LENGTH, conf.IDEMPOTENCY_KEY_MAX_LENGTH
+    if not low <= len(value) <= high:
+        raise IdempotencyKeyInvalid(
+            f"{HEADER} is {len(value)} characters long; send {low} to {high} printable "
+            f"ASCII characters, e.g. a random UUID."
+        )
+    for position, char in enumerate(value):
+        if not 0x21 <= ord(char) <= 0x7E or char in '"\\':
+            raise IdempotencyKeyInvalid(
+                f"{HEADER} has {char!r} at position {position}; use printable ASCII "
+                f"without spaces, quotes or backslashes, e.g. a random UUID."
+            )
+    return value
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+def fingerprint(request: HttpRequest, method: str, route: str) -> str:
+    """sha256 over method, route, path + query, media type and body.
+
+    A JSON body is hashed in canonical form (sorted keys, no whitespace), so a
+    client that re-serialises the same object differently is not refused with 422.
+    Raises ``IdempotencyBodyMalformed`` for a JSON media type with a body that is
+    not JSON: such a request can never run, so it must not consume the key.
+    """
+    content_type = (request.content_type or "").lower()
+    body = request.body  # RequestDataTooBig propagates: Django answers 400, nothing claimed
+    if _is_json(content_type) and body.strip():
+        try:
+            body = json.dumps(
+                json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            ).encode()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IdempotencyBodyMalformed(
+                f"The body is sent as {content_type} but is not valid JSON ({exc}). "
+                f"Fix the body and retry with the same {HEADER}; it was not used."
+            ) from exc
+    digest = hashlib.sha256()
+    for part in (method, route, request.get_full_path(), content_type):
+        digest.update(part.encode("utf-8", "surrogateescape"))
+        digest.update(b"\0")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+def user_scope(request: Any) -> str | None:
+    """Default scope: the authenticated user's primary key; None if anonymous.
+
+    There is no shared anonymous bucket: one anonymous client could otherwise
+    block or read another's responses by guessing its key.
+    """
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return None
+    return f"user:{user.pk}"
+
+
+@lru_cache(maxsize=8)
+def _import_scope(path: str) -> ScopeFunction:
+    try:
+        return import_string(path)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"SAGAFLOW['IDEMPOTENCY_SCOPE'] = {path!r} cannot be imported ({exc}); "
+            f"give the dotted path of a function scope(request) -> str | None."
+        ) from exc
+
+
+def problem_response(error: IdempotencyError) -> HttpResponse:
+    """An RFC 9457 ``application/problem+json`` response for ``error``."""
+    body = {
+        "type": f"urn:sagaflow:problem:{error.code}",
+        "title": error.title,
+        "status": error.status_code,
+        "detail": error.detail,
+        "code": error.code,
+    }
+    response = HttpResponse(
+        json.dumps(body), status=error.status_code, content_type="application/problem+json"
+    )
+    if error.retry_after is not None:
+        response["Retry-After"] = str(error.retry_after)
+    return response
+
+
+def _stored_headers(response: HttpResponseBase) -> list[list[str]]:
+    allowed = {name.lower() for name in conf.IDEMPOTENCY_REPLAY_HEADERS} - NEVER_REPLAYED
+    return [[name, value] for name, value in response.items() if name.lower() in allowed]
+
+
+def _replay(status: int, headers: list[list[str]], body: bytes) -> HttpResponse:
+    response = HttpResponse(body, status=status)
+    del response["Content-Type"]
+    for name, value in headers:
+        response[name] = value
+    response[REPLAYED_HEADER] = "true"
+    return response
+
+
+# --- the decorator ------------------------------------------------------------------
+
+
+def _seconds(ttl: timedelta | float | None) -> float | None:
+    if ttl is None:
+        return None
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+        raise ConfigurationError(
+            f"@idempotent(ttl={ttl!r}): give a positive number of seconds or a timedelta."
+        )
+    return float(seconds)
+
+
+def idempotent(
+    view: V | None = None,
+    /,
+    *,
+    required: bool = False,
+    ttl: timedelta | float | None = None,
+    scope: ScopeFunction | None = None,
+) -> Any:
+    """Make a view honour ``Idempotency-Key`` on POST, PUT, PATCH and DELETE.
+
+    Use bare (``@idempotent``) or with options. Decorates a function view, a
+    method handler of a class-based or DRF view (``def post(self, request)``), or
+    the class itself (each of its post/put/patch/delete handlers). ``required``
+    answers 400 to a request without a key; ``ttl`` (seconds or timedelta)
+    overrides ``SAGAFLOW['IDEMPOTENCY_TTL']``; ``scope(request) -> str | None``
+    overrides ``SAGAFLOW['IDEMPOTENCY_SCOPE']``.
+    """
+    if scope is not None and not callable(scope):
+        raise ConfigurationError(f"@idempotent(scope={scope!r}): give a function(request).")
+    policy = _Policy(required=bool(required), ttl=_seconds(ttl), scope=scope)
+
+    def decorate(target: V) -> V:
+        if isinstance(target, type):
+            return _decorate_class(target, policy)
+        if not callable(target):
+            raise ConfigurationError(f"@idempotent cannot decorate {target!r}: not a view.")
+        return _wrap(target, policy)  # type: ignore[return-value]
+
+    return decorate(view) if view is not None else decorate
+
+
+def _decorate_class(cls: V, policy: _Policy) -> V:
+    found = [name for name in _UNSAFE_HANDLERS if callable(getattr(cls, name, None))]
+    if not found:
+        raise ConfigurationError(
+            f"@idempotent on {cls.__name__}: it defines none of "
+            f"{', '.join(_UNSAFE_HANDLERS)}; decorate the handler methods instead."
+        )
+    for name in found:
+        setattr(cls, name, _wrap(getattr(cls, name), policy))
+    return cls
+
+
+def _find_request(args: tuple[Any, ...]) -> Any:
+    for candidate in args[:2]:  # (request, ...) or (self, request, ...)
+        if isinstance(candidate, HttpRequest) or isinstance(
+            getattr(candidate, "_request", None), HttpRequest
+        ):
+            return candidate
+    raise ConfigurationError(
+        "@idempotent found no request among the view's first two arguments; decorate "
+        "a view function (request, ...) or a handler method (self, request, ...)."
+    )
+
+
+def _wrap(view: Callable[..., Any], policy: _Policy) -> Callable[..., Any]:
+    if iscoroutinefunction(view):
+
+        @functools.wraps(view)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            request = _find_request(args)
+            # The scope function may load the user from the database: in a thread.
+            prepared = await sync_to_async(_prepare)(request, policy)
+            if prepared is None:
+                return await view(*args, **kwargs)
+            if isinstance(prepared, HttpResponseBase):
+                return prepared
+            return await _run_async(prepared, view, args, kwargs)
+
+        async_wrapper.sagaflow_idempotent = policy  # type: ignore[attr-defined]
+        return async_wrapper
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        request = _find_request(args)
+        prepared = _prepare(request, policy)
+        if prepared is None:
+            return view(*args, **kwargs)
+        if isinstance(prepared, HttpResponseBase):
+            return prepared
+        return _run_sync(prepared, request, view, args, kwargs)
+
+    wrapper.sagaflow_idempotent = policy  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _prepare(request: Any, policy: _Policy) -> _Prepared | HttpResponse | None:
+    """Validate without touching the database: None means "not ours, just run"."""
+    http: HttpRequest = getattr(request, "_request", request)
+    if not getattr(http, "_sagaflow_idempotency", False):
+        raise ConfigurationError(
+            "@idempotent view called without sagaflow's middleware: add "
+            "'sagaflow.middleware.IdempotencyMiddleware' to settings.MIDDLEWARE."
+        )
+    method = (http.method or "").upper()
+    if method not in conf.IDEMPOTENCY_METHODS:
+        return None
+    try:
+        key = parse_key(http.headers.get(HEADER))
+        if key is None:
+            if policy.required:
+                raise IdempotencyKeyMissing(
+                    f"{method} {http.path} requires an {HEADER} header: send a new random "
+                    f"value (e.g. a UUID) per operation and the same one when retrying it."
+                )
+            return None
+        scope_function = policy.scope or _import_scope(conf.IDEMPOTENCY_SCOPE)
+        scope = scope_function(request)
+        if scope is None:
+            raise IdempotencyScopeMissing(
+                f"{HEADER} is only honoured for identified clients and this request is "
+                f"anonymous: authenticate, or send no {HEADER}."
+            )
+        if not isinstance(scope, str) or not 0 < len(scope) <= 255:
+            raise ConfigurationError(
+                f"The idempotency scope function returned {scope!r}; it must return a str "
+                f"of 1 to 255 characters or None."
+            )
+        match = http.resolver_match
+        route = match.route if match is not None and match.route else http.path
+        return _Prepared(
+            http=http,
+            scope=scope,
+            method=method,
+            route=route,
+            key=key,
+            fingerprint=fingerprint(http, method, route),
+            ttl=policy.ttl if policy.ttl is not None else float(conf.IDEMPOTENCY_TTL),
+        )
+    except IdempotencyError as error:
+        return problem_response(error)
+
+
+def _claim(prepared: _Prepared, using: str) -> Any:
+    """Claim in the current transaction; returns the outcome or a response to send."""
+    from . import idempotency_store as store
+
+    identity = store.Identity(prepared.scope, prepared.method, prepared.route, prepared.key)
+    lease = float(conf.IDEMPOTENCY_LEASE)
+    retry_after = int(conf.IDEMPOTENCY_RETRY_AFTER)
+    for _ in range(_CLAIM_TRIES):
+        outcome = store.claim(
+            identity, prepared.fingerprint, lease=lease, ttl=prepared.ttl, using=using
+        )
+        if not isinstance(outcome, store.Vanished):
+            break
+    try:
+        if isinstance(outcome, store.Claimed):
+            return outcome
+        if isinstance(outcome, store.Existing) and outcome.fingerprint != prepared.fingerprint:
+            raise IdempotencyKeyReused(
+                f"{HEADER} {prepared.key!r} was already used for a different "
+                f"{prepared.method} request to {prepared.http.path} (body, path, query or "
+                f"content type differ). Use a new key for a new operation."
+            )
+        if isinstance(outcome, store.Existing) and outcome.state == store.COMPLETED:
+            if outcome.body is None or outcome.status is None:
+                raise IdempotencyResponseNotStored(
+                    f"The request with {HEADER} {prepared.key!r} completed with a streaming "
+                    f"response, which is not stored; it will not run again."
+                )
+            return _replay(outcome.status, outcome.headers, outcome.body)
+        raise IdempotencyKeyInFlight(
+            f"A request with {HEADER} {prepared.key!r} is still being processed; retry "
+            f"after {retry_after} s to get its response.",
+            retry_after=retry_after,
+        )
+    except IdempotencyError as error:
+        return problem_response(error)
+
+
+def _claim_first(prepared: _Prepared, using: str) -> Any:
+    with transaction.atomic(using=using):
+        return _claim(prepared, using)
+
+
+def _render(request: Any, response: Any) -> Any:
+    """Render a lazy response now, so its body can be stored with the claim.
+
+    DRF's ``Response`` is finalised by the view (renderer chosen) after the
+    handler returns; we do that step early. Rendering twice is a no-op.
+    """
+    if not callable(getattr(response, "render", None)) or getattr(response, "is_rendered", True):
+        return response
+    context = getattr(request, "parser_context", None) or {}
+    view = context.get("view")
+    if view is not None and hasattr(view, "finalize_response"):
+        response = view.finalize_response(
+            request, response, *context.get("args", ()), **context.get("kwargs", {})
+        )
+    response.render()
+    return response
+
+
+def _record(claimed: Any, response: HttpResponseBase) -> None:
+    from . import idempotency_store as store
+
+    body = None if response.streaming else bytes(response.content)  # type: ignore[attr-defined]
+    if body is None:
+        logger.warning(
+            "idempotent view returned a streaming response: not stored, replays answer 409",
+            extra={"status": response.status_code},
+        )
+    if not store.complete(
+        claimed, status=response.status_code, headers=_stored_headers(response), body=body
+    ):
+        logger.warning(
+            "idempotency key was taken over while its view ran; response not stored "
+            "(raise SAGAFLOW['IDEMPOTENCY_LEASE'] above your request timeout)"
+        )
+
+
+def _run_sync(
+    prepared: _Prepared, request: Any, view: Callable[..., Any], args: Any, kwargs: Any
+) -> Any:
+    from . import idempotency_store as store
+
+    using = store.alias()
+    atomic_mode = connections[using].in_atomic_block
+    outcome = _claim(prepared, using) if atomic_mode else _claim_first(prepared, using)
+    if isinstance(outcome, HttpResponseBase):
+        return outcome
+    prepared.http.idempotency = IdempotencyInfo(  # type: ignore[attr-defined]
+        prepared.key, prepared.scope, outcome.attempt, ATOMIC if atomic_mode else CLAIM_FIRST
+    )
+    # A fault here is a crash: nothing below runs, the claim stays (claim-first
+    # mode, taken over after the lease) or rolls back with the view (atomic mode).
+    fault_point("idempotency.after_claim")
+    try:
+        response = _render(request, view(*args, **kwargs))
+    except Exception:
+        # The view failed: the client will retry, so let it. In atomic mode the
+        # exception rolls the claim back with the view's writes.
+        if not atomic_mode:
+            store.release(outcome)
+        raise
+    fault_point("idempotency.after_view")
+    if response.status_code >= 500:
+        if atomic_mode:
+            # Keep the view's writes and the key together: neither commits.
+            transaction.set_rollback(True, using=using)
+        else:
+            store.release(outcome)
+        return response
+    _record(outcome, response)
+    return response
+
+
+async def _run_async(prepared: _Prepared, view: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    # Async views cannot run in a transaction: always claim-first.
+    from . import idempotency_store as store
+
+    using = store.alias()
+    outcome = await sync_to_async(_claim_first)(prepared, using)
+    if isinstance(outcome, HttpResponseBase):
+        return outcome
+    prepared.http.idempotency = IdempotencyInfo(  # type: ignore[attr-defined]
+        prepared.key, prepared.scope, outcome.attempt, CLAIM_FIRST
+    )
+    fault_point("idempotency.after_claim")
+    try:
+        response = await view(*args, **kwargs)
+        if callable(getattr(response, "render", None)) and not response.is_rendered:
+            response = await sync_to_async(response.render)()
+    except Exception:
+        await sync_to_async(store.release)(outcome)
+        raise
+    fault_point("idempotency.after_view")
+    if response.status_code >= 500:
+        await sync_to_async(store.release)(outcome)
+        return response
+    await sync_to_async(_record)(outcome, response)
+    return response

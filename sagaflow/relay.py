@@ -1,0 +1,188 @@
+"""The relay: moves committed outbox events to the broker, batch by batch.
+
+One batch is one short database transaction::
+
+    claim (FOR UPDATE SKIP LOCKED, key ownership)  ->  fault point relay.after_claim
+    publish the whole batch in ONE broker message  ->  fault point relay.after_publish
+    mark the rows published                         ->  commit
+
+Why the row locks may be held across the publish (P4): the publish is bounded.
+The broker transport's socket timeouts end a publish to a down or paused broker
+within seconds (C8), Celery's own publish retries are off (``ONE_ATTEMPT``), and
+``idle_in_transaction_session_timeout`` (``OUTBOX_PUBLISH_TIMEOUT``) ends the
+session if a publish hangs anyway, freeing the rows for another relay. The
+alternative, a lease committed before publishing, costs a third commit per batch
+and a lease sweeper, for no better guarantee.
+
+Failure handling:
+
+- the publish raises: every event of the batch counts a failed attempt and waits
+  (exponential backoff with jitter, through ``available_at``); after
+  ``OUTBOX_MAX_ATTEMPTS`` it is ``dead`` until ``outbox_store.requeue_dead``;
+- the relay dies after publishing but before the commit (``relay.after_publish``):
+  the transaction rolls back, the rows are pending again and the next relay
+  publishes them again. That is the one source of duplicates; consumers dedupe.
+
+**One broker round trip per batch.** A batch goes out as one Celery message
+(``sagaflow.deliver_events`` with the list of events), i.e. a single ``LPUSH``
+on Redis, instead of one ``apply_async`` per event (about 1k/s). The worker that
+receives it runs each event's consumers in their own transaction
+(``consumers.py``). Set ``OUTBOX_PUBLISHER`` to publish elsewhere (Kafka, SNS):
+any class with ``publish(events: list[dict]) -> None`` that raises on failure.
+
+**What consumers may assume** (docs/outbox.md has the long form):
+
+- every committed event is delivered at least once; an event from a rolled-back
+  transaction never is;
+- per ``key``, events are *published* in commit order; events without a key,
+  or with different keys, in no particular order and concurrently;
+- delivery order is not processing order: several workers run batches in
+  parallel, and a failed handler is retried later. A consumer that needs order
+  compares ``event.id`` (increasing per key) with the last id it applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any, Protocol
+
+from django.db import transaction
+from django.utils.module_loading import import_string
+
+from . import outbox_store
+from .conf import conf
+from .exceptions import ConfigurationError
+from .faults import fault_point
+
+logger = logging.getLogger("sagaflow.relay")
+
+
+class Publisher(Protocol):
+    def publish(self, events: Sequence[dict[str, Any]]) -> None:
+        """Send the batch in one round trip; raise if it may not have arrived."""
+
+
+#: Publish options for one quick attempt. ``retry=False`` is *not* that: kombu then
+#: still retries the connection for about 6 s per call when Redis refuses it (C8),
+#: whereas ``retry=True`` with ``max_retries=0`` fails in milliseconds.
+ONE_ATTEMPT: dict[str, Any] = {"retry": True, "retry_policy": {"max_retries": 0}}
+
+
+class CeleryPublisher:
+    """Sends a batch as one ``sagaflow.deliver_events`` task message."""
+
+    def publish(self, events: Sequence[dict[str, Any]]) -> None:
+        from .tasks import deliver_events
+
+        deliver_events.apply_async(
+            (list(events),),
+            queue=conf.OUTBOX_QUEUE or conf.QUEUE or None,
+            # One attempt: a failure is retried by the relay through available_at,
+            # with the rows unlocked meanwhile; Celery's retry would hold them.
+            **ONE_ATTEMPT,
+        )
+
+
+@lru_cache(maxsize=8)
+def _publisher_class(path: str) -> type:
+    try:
+        return import_string(path)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"SAGAFLOW['OUTBOX_PUBLISHER'] = {path!r} cannot be imported ({exc}); "
+            f"use a dotted path to a class with publish(events), e.g. "
+            f"'sagaflow.relay.CeleryPublisher'."
+        ) from exc
+
+
+def get_publisher() -> Publisher:
+    return _publisher_class(conf.OUTBOX_PUBLISHER)()
+
+
+@dataclass
+class DrainReport:
+    batches: int = 0
+    published: int = 0
+    failed: int = 0
+    dead: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    claimed: int
+    published: int
+    failed: int
+    dead: int
+
+
+def relay_batch(limit: int, publisher: Publisher | None = None) -> BatchResult:
+    """Claim, publish and mark one batch in one transaction."""
+    publisher = publisher or get_publisher()
+    with transaction.atomic():
+        outbox_store.begin_relay_transaction(hold_limit=float(conf.OUTBOX_PUBLISH_TIMEOUT))
+        events = outbox_store.claim_batch(limit)
+        if not events:
+            return BatchResult(0, 0, 0, 0)
+        fault_point("relay.after_claim")
+        ids = [e.id for e in events]
+        try:
+            publisher.publish([e.message() for e in events])
+        except Exception as exc:
+            retrying, dead = outbox_store.mark_failed(
+                ids,
+                error=f"{type(exc).__name__}: {exc}",
+                max_attempts=int(conf.OUTBOX_MAX_ATTEMPTS),
+                backoff=float(conf.OUTBOX_RETRY_BACKOFF),
+                max_backoff=float(conf.OUTBOX_RETRY_MAX_BACKOFF),
+            )
+            logger.warning(
+                "publishing %d outbox events failed (%s: %s); %d will be retried, %d are dead",
+                len(ids),
+                type(exc).__name__,
+                exc,
+                retrying,
+                dead,
+            )
+            return BatchResult(len(ids), 0, retrying, dead)
+        fault_point("relay.after_publish")
+        outbox_store.mark_published(ids)
+    return BatchResult(len(ids), len(ids), 0, 0)
+
+
+def drain(
+    *,
+    batch_size: int | None = None,
+    max_seconds: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    publisher: Publisher | None = None,
+) -> DrainReport:
+    """Relay batches until one comes back short (or a publish fails, or time is up).
+
+    A failed publish stops the drain: the broker is likely down, and the failed
+    rows already wait for their retry time.
+    """
+    limit = int(batch_size or conf.OUTBOX_BATCH_SIZE)
+    publisher = publisher or get_publisher()
+    report = DrainReport()
+    started = time.monotonic()
+    while True:
+        result = relay_batch(limit, publisher)
+        if result.claimed:
+            report.batches += 1
+        report.published += result.published
+        report.failed += result.failed
+        report.dead += result.dead
+        if result.claimed < limit or result.failed or result.dead:
+            break
+        if should_stop is not None and should_stop():
+            break
+        if max_seconds is not None and time.monotonic() - started > max_seconds:
+            break
+    return report
