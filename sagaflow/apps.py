@@ -8,6 +8,7 @@ class SagaflowConfig(AppConfig):
 
     def ready(self) -> None:
         # Only wiring here: import the sagas of every installed app and the checks.
-        from . import checks, registry  # noqa: F401
+        from . import checks, metrics, registry  # noqa: F401
 
         registry.autodiscover()
+        metrics.install()

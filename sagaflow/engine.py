@@ -21,6 +21,7 @@ through the outbox: the row that records the intent *is* the durable intent, and
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 import uuid
 from dataclasses import dataclass
@@ -221,6 +222,14 @@ def _run(claim: Claim, fn: StepFunction, *, savepoint: bool) -> Outcome:
         correlation_id=ctx.correlation_id,
         idempotency_key=ctx.idempotency_key,
     )
+    started = time.monotonic()
+    outcome = _outcome(claim, fn, execution, savepoint=savepoint)
+    outcome.duration = time.monotonic() - started
+    return outcome
+
+
+def _outcome(claim: Claim, fn: StepFunction, execution: Execution, *, savepoint: bool) -> Outcome:
+    ctx = claim.context
     try:
         with executing(execution):
             if savepoint:
@@ -238,9 +247,7 @@ def _run(claim: Claim, fn: StepFunction, *, savepoint: bool) -> Outcome:
         return Outcome(error=str(exc), retryable=False)
     except Exception as exc:  # any failure of user code is an outcome to record
         return Outcome(error=_describe(exc))
-    if claim.phase == COMPENSATE:
-        result = None
-    return Outcome(result=result)
+    return Outcome(result=None if claim.phase == COMPENSATE else result)
 
 
 def _describe(exc: BaseException) -> str:

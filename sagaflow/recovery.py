@@ -20,8 +20,8 @@ from .transitions import (
     COMPENSATE,
     FORWARD,
     Outcome,
+    abandon,
     compensation_failed,
-    continue_compensation,
     fail_saga,
     forward_failed,
     log_extra,
@@ -73,19 +73,8 @@ def enforce_deadline(saga_id: uuid.UUID) -> bool:
         except UnknownSagaError as exc:
             fail_saga(saga, str(exc))
             return True
-        error = f"deadline {saga.deadline_at.isoformat()} passed"
-        below = saga.current_step
-        for step in store.steps_of(saga):
-            if step.state == StepState.RUNNING:
-                store.step_gave_up(step, error=f"{error} while it ran", interrupted=True)
-                below = step.index + 1
-            elif step.state == StepState.PENDING and step.due_at is not None:
-                store.step_gave_up(step, error=f"{error} before it ran")
-        saga.state = SagaState.COMPENSATING
-        saga.error = error
-        store.save_saga(saga, "state", "error")
+        abandon(saga, definition, f"deadline {saga.deadline_at.isoformat()} passed")
         logger.warning("saga past its deadline; compensating", extra=log_extra(saga))
-        continue_compensation(saga, definition, below=below)
     return True
 
 

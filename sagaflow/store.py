@@ -14,11 +14,20 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import DateTimeField, ExpressionWrapper, Q, Subquery
+from django.db.models import (
+    Count,
+    DateTimeField,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    Q,
+    QuerySet,
+    Subquery,
+)
 from django.db.models.functions import Now
 
 from .models import Saga, SagaState, SagaStep, StepState
@@ -116,7 +125,8 @@ def lock_saga(saga_id: uuid.UUID | Subquery) -> Saga | None:
 
 
 def steps_of(saga: Saga) -> list[SagaStep]:
-    return list(SagaStep.objects.filter(saga=saga).order_by("index"))
+    """The run's steps, read after its lock (``db_now``: this statement's time)."""
+    return list(SagaStep.objects.filter(saga=saga).annotate(db_now=Now()).order_by("index"))
 
 
 def holds_lease(step: SagaStep, token: uuid.UUID, phase: str) -> bool:
@@ -299,13 +309,29 @@ def take_lost_dispatches(limit: int, redispatch_after: float) -> list[Redispatch
     ]
 
 
-def oldest_running_started_at() -> datetime | None:
-    return (
-        Saga.objects.filter(state__in=[SagaState.RUNNING, SagaState.COMPENSATING])
+LIVE_STATES = (SagaState.RUNNING, SagaState.COMPENSATING)
+
+
+def counts_by_state() -> dict[str, int]:
+    rows = Saga.objects.values_list("state").annotate(n=Count("pk")).order_by()
+    return {state: n for state, n in rows}
+
+
+def stuck(after: float) -> QuerySet[Saga]:
+    """Live runs with no progress (no write to their row) for ``after`` seconds."""
+    return Saga.objects.filter(state__in=LIVE_STATES, updated_at__lt=now_minus(after))
+
+
+def oldest_live_age() -> float | None:
+    """Seconds since the oldest live run started, on the database clock."""
+    row = (
+        Saga.objects.filter(state__in=LIVE_STATES)
+        .annotate(age=ExpressionWrapper(Now() - F("created_at"), output_field=DurationField()))
         .order_by("created_at")
-        .values_list("created_at", flat=True)
+        .values_list("age", flat=True)
         .first()
     )
+    return row.total_seconds() if row is not None else None
 
 
 def stalled(step: SagaStep) -> bool:

@@ -33,6 +33,8 @@ class Outcome:
     error: str = ""
     aborted: bool = False
     retryable: bool = True
+    #: Seconds the action ran (0 for an attempt whose worker was lost).
+    duration: float = 0.0
 
     @property
     def succeeded(self) -> bool:
@@ -58,22 +60,39 @@ def record(step: SagaStep, phase: str, step_def: StepDefinition, outcome: Outcom
     saga = step.saga
     if phase == FORWARD:
         if outcome.succeeded:
-            forward_succeeded(saga, step, step_def.saga, outcome.result)
+            forward_succeeded(saga, step, step_def.saga, outcome.result, outcome.duration)
         else:
             forward_failed(saga, step, step_def, outcome)
     elif outcome.succeeded:
         store.step_compensated(step)
         logger.info("step compensated", extra=log_extra(saga, step, step.compensation_attempts))
+        signal_on_commit(
+            signals.step_succeeded,
+            saga,
+            step=step.name,
+            phase=COMPENSATE,
+            attempt=step.compensation_attempts,
+            duration=outcome.duration,
+        )
         continue_compensation(saga, step_def.saga, below=step.index)
     else:
         compensation_failed(saga, step, step_def, outcome)
 
 
-def forward_succeeded(saga: Saga, step: SagaStep, definition: SagaDefinition, result: Any) -> None:
+def forward_succeeded(
+    saga: Saga, step: SagaStep, definition: SagaDefinition, result: Any, duration: float = 0.0
+) -> None:
     store.step_succeeded(step, result)
     saga.results = {**saga.results, step.name: result}
     logger.info("step succeeded", extra=log_extra(saga, step, step.attempts))
-    signal_on_commit(signals.step_succeeded, saga, step=step.name, attempt=step.attempts)
+    signal_on_commit(
+        signals.step_succeeded,
+        saga,
+        step=step.name,
+        phase=FORWARD,
+        attempt=step.attempts,
+        duration=duration,
+    )
     following = store.next_step(step)
     if following is None:
         saga.current_step = step.index + 1
@@ -81,17 +100,9 @@ def forward_succeeded(saga: Saga, step: SagaStep, definition: SagaDefinition, re
         logger.info("saga completed", extra=log_extra(saga))
         signal_on_commit(signals.saga_completed, saga)
         return
-    store.schedule_now(following, StepState.PENDING)
     saga.current_step = following.index
     store.save_saga(saga, "results", "current_step")
-    steps = definition.steps
-    # A stored step the code no longer has is stopped with a clear error at its claim.
-    timeout = (
-        timeout_of(steps[following.index], FORWARD)
-        if following.index < len(steps)
-        else float(conf.DEFAULT_STEP_TIMEOUT)
-    )
-    dispatch.send_on_commit(following.pk, FORWARD, timeout=timeout)
+    schedule_attempt(following, StepState.PENDING, FORWARD, definition)
 
 
 def forward_failed(
@@ -111,7 +122,13 @@ def forward_failed(
         retryable=outcome.retryable,
     )
     signal_on_commit(
-        signals.step_failed, saga, step=step.name, attempt=step.attempts, error=outcome.error
+        signals.step_failed,
+        saga,
+        step=step.name,
+        phase=FORWARD,
+        attempt=step.attempts,
+        duration=outcome.duration,
+        error=outcome.error,
     )
     if isinstance(decision, machine.RetryLater):
         if interrupted:
@@ -140,6 +157,15 @@ def compensation_failed(
         aborted=outcome.aborted,
         step=step.name,
         error=outcome.error.splitlines()[-1][:500] if outcome.error else "",
+    )
+    signal_on_commit(
+        signals.step_failed,
+        saga,
+        step=step.name,
+        phase=COMPENSATE,
+        attempt=step.compensation_attempts,
+        duration=outcome.duration,
+        error=outcome.error,
     )
     if isinstance(decision, machine.RetryLater):
         wait(step, decision.delay, outcome.error, COMPENSATE, step_def)
@@ -170,11 +196,44 @@ def continue_compensation(saga: Saga, definition: SagaDefinition, *, below: int)
         signal_on_commit(signals.saga_compensated, saga)
         return
     step = SagaStep.objects.get(saga=saga, index=index)
-    store.schedule_now(step, StepState.COMPENSATING)
     saga.current_step = index
     store.save_saga(saga, "current_step")
-    step_def = definition.steps[index]
-    dispatch.send_on_commit(step.pk, COMPENSATE, timeout=timeout_of(step_def, COMPENSATE))
+    schedule_attempt(step, StepState.COMPENSATING, COMPENSATE, definition)
+
+
+def schedule_attempt(
+    step: SagaStep, state: str, phase: str, definition: SagaDefinition | None = None
+) -> None:
+    """Make ``step`` due now in ``state`` and send its message after commit."""
+    store.schedule_now(step, state)
+    steps = (definition or get_definition(step.saga.name)).steps
+    # A stored step the code no longer has is stopped with a clear error at its claim.
+    timeout = (
+        timeout_of(steps[step.index], phase)
+        if step.index < len(steps)
+        else float(conf.DEFAULT_STEP_TIMEOUT)
+    )
+    dispatch.send_on_commit(step.pk, phase, timeout=timeout)
+
+
+def abandon(saga: Saga, definition: SagaDefinition, reason: str) -> None:
+    """Stop a running saga and compensate it (deadline passed, or an operator said so).
+
+    The step in flight counts as possibly done: it is compensated too, and its
+    lease is revoked so its late result is rejected. A step waiting to run is
+    cancelled.
+    """
+    below = saga.current_step
+    for step in store.steps_of(saga):
+        if step.state == StepState.RUNNING:
+            store.step_gave_up(step, error=f"{reason} while it ran", interrupted=True)
+            below = step.index + 1
+        elif step.state == StepState.PENDING and step.due_at is not None:
+            store.step_gave_up(step, error=f"{reason} before it ran")
+    saga.state = SagaState.COMPENSATING
+    saga.error = reason
+    store.save_saga(saga, "state", "error")
+    continue_compensation(saga, definition, below=below)
 
 
 def has_compensation(definition: SagaDefinition, step: SagaStep) -> bool:

@@ -1,18 +1,99 @@
-import pytest
+"""The saga admin: what on-call people see, and the repair actions' permissions."""
 
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import Permission
+from django.test import Client
+
+from sagaflow.models import Saga, SagaState
 from sagaflow.testing import run_inline
 from tests.sagaapp import sagas
 
 pytestmark = pytest.mark.django_db
 
+CHANGELIST = "/admin/sagaflow/saga/"
 
-def test_saga_changelist_and_detail_render_escaped(admin_client):
+
+def failed_saga() -> Saga:
+    saga = run_inline(sagas.chain, {"fail": {"s2": "abort"}, "comp_fail": {"s1": "always"}})
+    assert saga.state == SagaState.FAILED
+    return saga
+
+
+def act(client, action, *sagas_):
+    return client.post(
+        CHANGELIST,
+        {"action": action, "_selected_action": [str(s.pk) for s in sagas_]},
+        follow=True,
+    )
+
+
+@pytest.fixture
+def staff(django_user_model):
+    """A staff user who may view sagas but holds no repair permission."""
+    user = django_user_model.objects.create_user("oncall", password="pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_saga"))
+    client = Client()
+    client.force_login(user)
+    return user, client
+
+
+def test_changelist_and_detail_render_escaped(admin_client):
     saga = run_inline(sagas.chain, {"fail": {"s1": "abort"}, "note": "<script>x</script>"})
-    listing = admin_client.get("/admin/sagaflow/saga/?state__exact=compensated")
+    listing = admin_client.get(f"{CHANGELIST}?state__exact=compensated")
     assert listing.status_code == 200 and str(saga.id) in listing.content.decode()
-    detail = admin_client.get(f"/admin/sagaflow/saga/{saga.pk}/change/")
+    detail = admin_client.get(f"{CHANGELIST}{saga.pk}/change/")
     body = detail.content.decode()
     assert detail.status_code == 200
     assert "Abort: s1 refused" in body and "<script>x</script>" not in body
-    search = admin_client.get(f"/admin/sagaflow/saga/?q={saga.correlation_id}")
+    assert "&lt;script&gt;x&lt;/script&gt;" in body
+    assert "flowchart LR" in body and "class s0 undone" in body
+    search = admin_client.get(f"{CHANGELIST}?q={saga.correlation_id}")
     assert str(saga.id) in search.content.decode()
+
+
+def test_stuck_filter_lists_live_sagas_without_progress(admin_client, settings):
+    live = run_inline(sagas.chain, {"fail": {"s0": "abort"}})
+    Saga.objects.filter(pk=live.pk).update(state=SagaState.RUNNING)
+    done = run_inline(sagas.chain, {})
+    settings.SAGAFLOW = {**settings.SAGAFLOW, "STUCK_AFTER": 0}
+    body = admin_client.get(f"{CHANGELIST}?stuck=yes").content.decode()
+    assert str(live.id) in body and str(done.id) not in body
+
+
+def test_retry_action_resumes_a_failed_saga_and_is_logged(admin_client, admin_user):
+    saga = failed_saga()
+    page = act(admin_client, "retry_sagas", saga)
+    assert "1 saga retried." in page.content.decode()
+    saga.refresh_from_db()
+    assert saga.state == SagaState.COMPENSATING
+    entry = LogEntry.objects.get(object_id=str(saga.pk))
+    assert entry.user == admin_user
+    assert "retried from the admin: compensation of step 's1' retried" in entry.get_change_message()
+
+
+def test_actions_report_refusals_with_their_reason(admin_client):
+    completed = run_inline(sagas.chain, {})
+    failed = failed_saga()
+    body = act(admin_client, "retry_sagas", completed, failed).content.decode()
+    assert "1 saga retried." in body
+    assert f"1 saga refused: Saga {completed.id} is completed: a finished run" in body
+    body = act(admin_client, "compensate_sagas", completed).content.decode()
+    assert "only a running saga can be compensated" in body
+    assert LogEntry.objects.count() == 1
+
+
+def test_staff_without_permission_neither_sees_nor_forges_the_actions(staff):
+    user, client = staff
+    saga = failed_saga()
+    listing = client.get(CHANGELIST).content.decode()
+    assert "retry_sagas" not in listing and "compensate_sagas" not in listing
+    for action in ("retry_sagas", "compensate_sagas"):
+        act(client, action, saga)
+    saga.refresh_from_db()
+    assert saga.state == SagaState.FAILED
+    assert not LogEntry.objects.exists()
+    user.user_permissions.add(Permission.objects.get(codename="retry_saga"))
+    client.force_login(user)
+    assert "retry_sagas" in client.get(CHANGELIST).content.decode()
+    assert "1 saga retried." in act(client, "retry_sagas", saga).content.decode()

@@ -1,0 +1,146 @@
+"""What an operator may do to a run: retry it, or compensate it now.
+
+Admin actions and management commands call these; each one locks the run's row,
+re-checks its state and either acts or raises :class:`ActionRefused` with the
+reason. Two people clicking *retry* at once, or a click racing the sweeper, are
+serialised by that lock: the second finds the work already scheduled and is
+refused, so the step runs once.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import transaction
+
+from . import store
+from .conf import conf
+from .exceptions import ActionRefused, DefinitionMismatchError, UnknownSagaError
+from .models import Saga, SagaState, SagaStep, StepState
+from .registry import get_definition
+from .transitions import (
+    COMPENSATE,
+    FORWARD,
+    Outcome,
+    abandon,
+    compensation_failed,
+    forward_failed,
+    resolve,
+    schedule_attempt,
+)
+
+__all__ = ["ActionRefused", "compensate", "retry"]
+
+
+def _locked(saga_id: uuid.UUID | str) -> Saga:
+    saga = store.lock_saga(saga_id)
+    if saga is None:
+        raise ActionRefused(f"There is no saga with id {saga_id}.")
+    return saga
+
+
+def _step_definition(saga: Saga, step: SagaStep):
+    try:
+        return resolve(saga, step)[1]
+    except (UnknownSagaError, DefinitionMismatchError) as exc:
+        raise ActionRefused(f"Cannot retry saga {saga.id}: {exc}") from None
+
+
+def retry(saga_id: uuid.UUID | str) -> str:
+    """Resume a failed or stalled run from the step where it stopped.
+
+    A ``failed`` run (its compensation ran out of tries, or its code no longer
+    matched) gets a fresh set of tries for that step. A live run whose step is
+    waiting out a backoff, or whose message was lost, has that step sent now; one
+    whose worker died has the lost attempt counted and is resumed. Returns what
+    was done, for the admin's message and the audit log.
+    """
+    with transaction.atomic():
+        saga = _locked(saga_id)
+        if saga.state in (SagaState.COMPLETED, SagaState.COMPENSATED):
+            raise ActionRefused(f"Saga {saga.id} is {saga.state}: a finished run is not retried.")
+        steps = store.steps_of(saga)
+        if saga.state == SagaState.FAILED:
+            return _retry_failed(saga, steps)
+        leased = next((s for s in steps if s.lease_token is not None), None)
+        if leased is not None:
+            if not store.stalled(leased):
+                raise ActionRefused(
+                    f"Saga {saga.id}: step {leased.name!r} is running now (its lease runs "
+                    f"until {leased.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC). Wait for it, "
+                    f"or compensate the saga."
+                )
+            return _retry_stalled(saga, leased)
+        waiting = next((s for s in steps if s.due_at is not None), None)
+        if waiting is None:
+            raise ActionRefused(f"Saga {saga.id} is {saga.state} with nothing to resume.")
+        return _send_now(saga, waiting)
+
+
+def _retry_failed(saga: Saga, steps: list[SagaStep]) -> str:
+    stuck = [s for s in steps if s.state == StepState.COMPENSATING]
+    if stuck:
+        step = stuck[-1]
+        _step_definition(saga, step)
+        step.compensation_attempts = 0
+        step.save(update_fields=["compensation_attempts"])
+        saga.state = SagaState.COMPENSATING
+        phase, state = COMPENSATE, StepState.COMPENSATING
+    else:
+        failed = [s for s in steps if s.state == StepState.FAILED and not s.interrupted]
+        if not failed:
+            raise ActionRefused(f"Saga {saga.id} is failed but no step is left to retry.")
+        step = failed[-1]
+        _step_definition(saga, step)
+        step.attempts = 0
+        step.save(update_fields=["attempts"])
+        saga.state = SagaState.RUNNING
+        phase, state = FORWARD, StepState.PENDING
+    saga.finished_at = None
+    saga.current_step = step.index
+    store.save_saga(saga, "state", "finished_at", "current_step")
+    schedule_attempt(step, state, phase)
+    return f"{'compensation of ' if phase == COMPENSATE else ''}step {step.name!r} retried"
+
+
+def _retry_stalled(saga: Saga, step: SagaStep) -> str:
+    step_def = _step_definition(saga, step)
+    error = "retried by an operator after its lease expired: the worker was lost"
+    if step.state == StepState.RUNNING:
+        forward_failed(saga, step, step_def, Outcome(error=error), interrupted=True)
+    else:
+        compensation_failed(saga, step, step_def, Outcome(error=error))
+    step.refresh_from_db()
+    if step.due_at is not None:  # a retry was scheduled: do not wait out its backoff
+        return _send_now(saga, step)
+    return f"step {step.name!r} had lost its worker; its attempts are used up, so {saga.state}"
+
+
+def _send_now(saga: Saga, step: SagaStep) -> str:
+    now = step.db_now  # type: ignore[attr-defined]
+    if step.dispatched_at is not None and step.due_at is not None and step.due_at <= now:
+        age = max(0.0, (now - step.dispatched_at).total_seconds())
+        if age < conf.REDISPATCH_AFTER:
+            raise ActionRefused(
+                f"Saga {saga.id}: step {step.name!r} was sent to a worker {age:.0f} s ago and "
+                f"has not started yet; it is not sent twice."
+            )
+    phase = COMPENSATE if step.state == StepState.COMPENSATING else FORWARD
+    schedule_attempt(step, step.state, phase)
+    return f"step {step.name!r} sent now"
+
+
+def compensate(saga_id: uuid.UUID | str) -> str:
+    """Abandon a running or stalled run and compensate what it did."""
+    with transaction.atomic():
+        saga = _locked(saga_id)
+        if saga.state != SagaState.RUNNING:
+            raise ActionRefused(
+                f"Saga {saga.id} is {saga.state}: only a running saga can be compensated."
+            )
+        try:
+            definition = get_definition(saga.name)
+        except UnknownSagaError as exc:
+            raise ActionRefused(f"Cannot compensate saga {saga.id}: {exc}") from None
+        abandon(saga, definition, "compensation requested by an operator")
+        return f"compensating ({saga.state})"
