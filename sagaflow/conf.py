@@ -109,6 +109,9 @@ class Defaults:
     CONSUMER_RETRY_MAX_BACKOFF: float = 300.0
     #: A retry sent to the broker but not run after this many seconds is sent again.
     CONSUMER_REDELIVER_AFTER: float = 60.0
+    #: Published events a local consumer never received are sent again while they
+    #: are younger than this (seconds); keep it well under ``INBOX_RETENTION``.
+    CONSUMER_REDELIVERY_WINDOW: float = 3600.0
 
 
 class Settings:

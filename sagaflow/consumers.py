@@ -274,3 +274,47 @@ def redeliver_due(limit: int | None = None) -> int:
         except Exception:
             logger.warning("could not send consumer retries for %s", name, exc_info=True)
     return sent
+
+
+def redeliver_unconsumed(limit: int | None = None) -> int:
+    """Send again the published events some local consumer never received.
+
+    The relay marks an event published once the broker took it; if Redis then
+    loses it (flushed, restarted without persistence), only the missing inbox
+    row shows it. Run by the periodic ``sagaflow.outbox_sweep``; returns how many
+    (consumer, event) deliveries were sent. Consumers already done skip (inbox).
+    """
+    from .relay import ONE_ATTEMPT
+    from .tasks import deliver_events
+
+    sent = 0
+    for entry in list(_by_name.values()):
+        with transaction.atomic():
+            ids = outbox_store.take_unconsumed(
+                entry.name,
+                entry.topic,
+                settle=float(conf.CONSUMER_REDELIVER_AFTER),
+                window=float(conf.CONSUMER_REDELIVERY_WINDOW),
+                limit=int(limit or conf.SWEEP_BATCH_SIZE),
+            )
+        if not ids:
+            continue
+        events = outbox_store.events_by_ids(ids)
+        messages = [events[i].message() for i in ids if i in events]
+        logger.warning(
+            "consumer %s never received %d published event(s) (lost by the broker?); "
+            "sending them again",
+            entry.name,
+            len(messages),
+        )
+        try:
+            deliver_events.apply_async(
+                (messages,),
+                {"consumer": entry.name},
+                queue=conf.OUTBOX_QUEUE or conf.QUEUE or None,
+                **ONE_ATTEMPT,
+            )
+            sent += len(messages)
+        except Exception:
+            logger.warning("could not resend events to %s", entry.name, exc_info=True)
+    return sent

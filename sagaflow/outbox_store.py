@@ -344,6 +344,34 @@ def take_due_retries(limit: int, redeliver_after: float) -> list[tuple[str, int]
         return [(row[0], row[1]) for row in cursor.fetchall()]
 
 
+def take_unconsumed(
+    consumer: str, topic: str, *, settle: float, window: float, limit: int
+) -> list[int]:
+    """Events of ``topic`` published between ``window`` and ``settle`` seconds ago
+    that ``consumer`` has no inbox row for: their broker message was lost (Redis
+    flushed or restarted without persistence) or is still queued behind a backlog.
+
+    Each is stamped ``published_at = now()`` in the same statement (SKIP LOCKED), so
+    two sweeps send it once, and it is looked at again only after ``settle`` more
+    seconds. The window must stay shorter than the inbox retention, or an event
+    whose inbox row was purged would be applied again.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH lost AS (SELECT e.id FROM {OUTBOX} e"
+            "   WHERE e.state = 'published' AND e.topic = %s"
+            "     AND e.published_at < now() - make_interval(secs => %s)"
+            "     AND e.published_at > now() - make_interval(secs => %s)"
+            f"    AND NOT EXISTS (SELECT 1 FROM {INBOX} i"
+            "                     WHERE i.consumer = %s AND i.message_id = e.id)"
+            "   ORDER BY e.id LIMIT %s FOR UPDATE OF e SKIP LOCKED)"
+            f" UPDATE {OUTBOX} o SET published_at = now() FROM lost WHERE o.id = lost.id"
+            " RETURNING o.id",
+            [topic, settle, window, consumer, limit],
+        )
+        return sorted(row[0] for row in cursor.fetchall())
+
+
 def requeue_dead_inbox(ids: Sequence[int] | None = None) -> int:
     """Give dead handler runs a fresh set of retries, due now."""
     sql = (

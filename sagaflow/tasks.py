@@ -77,3 +77,11 @@ def deliver_events(
     from . import consumers
 
     return consumers.deliver(events, only=consumer, retry=retry).as_dict()
+
+
+@shared_task(name="sagaflow.outbox_sweep", ignore_result=True)
+def outbox_sweep() -> dict[str, int]:
+    """Periodic (beat): resend published events a consumer never received."""
+    from . import consumers
+
+    return {"resent": consumers.redeliver_unconsumed()}
