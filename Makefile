@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DATABASE_URL ?= postgres://postgres@localhost:5432/sagaflow
 export CELERY_BROKER_URL ?= redis://localhost:6379/0
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean browser-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,16 +22,33 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check sagaflow tests bench demo_shop
 	DATABASE_URL= CELERY_BROKER_URL=memory:// $(BIN)/python manage.py makemigrations --check --dry-run
 
+# The admin browser test drives Debian's Chromium; install it when we can (root, as in CI).
+browser-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "chromium and chromium-driver are missing: the browser test will be skipped"; \
+	  fi; \
+	fi
+
 # pytest exits 5 when it collected nothing: that must fail, and it does (non-zero).
-test: $(STAMP) lint
+test: $(STAMP) lint browser-deps
 	$(BIN)/pytest
 
 # The demo needs no services: SQLite, an in-memory broker and an in-process worker.
+# With DATABASE_URL and CELERY_BROKER_URL both set in the environment it uses them
+# instead (PostgreSQL, Redis and real worker processes); the defaults above do not count.
 demo: $(STAMP)
-	env -u DATABASE_URL -u CELERY_BROKER_URL $(MAKE) --no-print-directory _demo
+	@if [ "$(origin DATABASE_URL)" = environment ] && [ "$(origin CELERY_BROKER_URL)" = environment ]; then \
+		$(MAKE) --no-print-directory _demo; \
+	else \
+		env DATABASE_URL= CELERY_BROKER_URL=memory:// $(MAKE) --no-print-directory _demo; \
+	fi
 _demo:
-	DATABASE_URL= CELERY_BROKER_URL=memory:// $(BIN)/python manage.py migrate --verbosity 0
-	DATABASE_URL= CELERY_BROKER_URL=memory:// $(BIN)/python manage.py sagaflow_demo
+	$(BIN)/python manage.py migrate --verbosity 0
+	$(BIN)/python manage.py sagaflow_demo
 
 bench: $(STAMP)
 	$(BIN)/python bench/step_overhead.py

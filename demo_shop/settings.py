@@ -34,6 +34,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "sagaflow.middleware.IdempotencyMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
 ]
 
@@ -91,6 +92,10 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "sagaflow-sweep": {"task": "sagaflow.sweep", "schedule": 5.0},
+    # Recovery only: publishing transactions kick the relay on commit.
+    "sagaflow-relay-outbox": {"task": "sagaflow.relay_outbox", "schedule": 5.0},
+    "sagaflow-outbox-sweep": {"task": "sagaflow.outbox_sweep", "schedule": 30.0},
+    "sagaflow-janitor": {"task": "sagaflow.janitor", "schedule": 3600.0},
 }
 
 SAGAFLOW: dict = {}

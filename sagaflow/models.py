@@ -106,6 +106,10 @@ class SagaStep(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     compensated_at = models.DateTimeField(null=True, blank=True)
+    #: Every attempt, forward and compensation, oldest first: ``phase``, ``attempt``,
+    #: ``outcome`` (succeeded, failed, aborted, lost, revoked), ``finished_at``,
+    #: ``duration`` (seconds) and ``error``. Written with the outcome it describes.
+    history = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["saga", "index"]
@@ -217,6 +221,7 @@ class OutboxEvent(models.Model):
     published_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        permissions = [("requeue_outboxevent", "Can re-queue dead outbox events")]
         indexes = [
             # The relay's claim: pending rows in id order; stays small however
             # large the table grows, because published rows leave it.

@@ -98,7 +98,8 @@ def _retry_failed(saga: Saga, steps: list[SagaStep]) -> str:
         phase, state = FORWARD, StepState.PENDING
     saga.finished_at = None
     saga.current_step = step.index
-    store.save_saga(saga, "state", "finished_at", "current_step")
+    saga.error = f"retried by an operator after: {saga.error}"[:4000]
+    store.save_saga(saga, "state", "finished_at", "current_step", "error")
     schedule_attempt(step, state, phase)
     return f"{'compensation of ' if phase == COMPENSATE else ''}step {step.name!r} retried"
 
@@ -109,7 +110,7 @@ def _retry_stalled(saga: Saga, step: SagaStep) -> str:
     if step.state == StepState.RUNNING:
         forward_failed(saga, step, step_def, Outcome(error=error), interrupted=True)
     else:
-        compensation_failed(saga, step, step_def, Outcome(error=error))
+        compensation_failed(saga, step, step_def, Outcome(error=error), lost=True)
     step.refresh_from_db()
     if step.due_at is not None:  # a retry was scheduled: do not wait out its backoff
         return _send_now(saga, step)

@@ -55,7 +55,7 @@ def recover_expired_lease(step_id: int) -> bool:
         if phase == FORWARD:
             forward_failed(saga, step, step_def, Outcome(error=error), interrupted=True)
         else:
-            compensation_failed(saga, step, step_def, Outcome(error=error))
+            compensation_failed(saga, step, step_def, Outcome(error=error), lost=True)
     return True
 
 

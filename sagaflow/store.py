@@ -177,9 +177,10 @@ def claim(step: SagaStep, phase: str, token: uuid.UUID, lease_seconds: float) ->
 
 
 def _release(step: SagaStep) -> list[str]:
+    """Drop the lease; the fields every outcome writes (``history`` included)."""
     step.lease_token = None
     step.lease_expires_at = None
-    return ["lease_token", "lease_expires_at"]
+    return ["lease_token", "lease_expires_at", "history"]
 
 
 def step_succeeded(step: SagaStep, result: Any) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
 from . import dispatch, machine, signals, store
 from .conf import conf
@@ -55,6 +56,34 @@ def resolve(saga: Saga, step: SagaStep) -> tuple[SagaDefinition, StepDefinition]
     return definition, definition.steps[step.index]
 
 
+#: Longest error kept per attempt in ``SagaStep.history`` (the last one is in ``error``).
+HISTORY_ERROR_CHARS = 2000
+
+
+def note_attempt(step: SagaStep, phase: str, label: str, outcome: Outcome) -> None:
+    """Append this attempt to the step's history; saved with the outcome's write."""
+    attempt = step.attempts if phase == FORWARD else step.compensation_attempts
+    step.history = [
+        *step.history,
+        {
+            "phase": phase,
+            "attempt": attempt,
+            "outcome": label,
+            "finished_at": timezone.now().isoformat(),
+            "duration": round(outcome.duration, 6),
+            "error": outcome.error[-HISTORY_ERROR_CHARS:],
+        },
+    ]
+
+
+def _label(outcome: Outcome, interrupted: bool | None) -> str:
+    if outcome.succeeded:
+        return "succeeded"
+    if interrupted:
+        return "lost"
+    return "aborted" if outcome.aborted else "failed"
+
+
 def record(step: SagaStep, phase: str, step_def: StepDefinition, outcome: Outcome) -> None:
     """Store ``outcome`` of the attempt on ``step`` and schedule what follows."""
     saga = step.saga
@@ -64,6 +93,7 @@ def record(step: SagaStep, phase: str, step_def: StepDefinition, outcome: Outcom
         else:
             forward_failed(saga, step, step_def, outcome)
     elif outcome.succeeded:
+        note_attempt(step, COMPENSATE, "succeeded", outcome)
         store.step_compensated(step)
         logger.info("step compensated", extra=log_extra(saga, step, step.compensation_attempts))
         signal_on_commit(
@@ -82,6 +112,7 @@ def record(step: SagaStep, phase: str, step_def: StepDefinition, outcome: Outcom
 def forward_succeeded(
     saga: Saga, step: SagaStep, definition: SagaDefinition, result: Any, duration: float = 0.0
 ) -> None:
+    note_attempt(step, FORWARD, "succeeded", Outcome(result=result, duration=duration))
     store.step_succeeded(step, result)
     saga.results = {**saga.results, step.name: result}
     logger.info("step succeeded", extra=log_extra(saga, step, step.attempts))
@@ -113,6 +144,7 @@ def forward_failed(
     *,
     interrupted: bool | None = None,
 ) -> None:
+    note_attempt(step, FORWARD, _label(outcome, interrupted), outcome)
     retry = retry_of(step_def, FORWARD)
     decision = machine.after_step_failure(
         index=step.index,
@@ -149,8 +181,14 @@ def forward_failed(
 
 
 def compensation_failed(
-    saga: Saga, step: SagaStep, step_def: StepDefinition, outcome: Outcome
+    saga: Saga,
+    step: SagaStep,
+    step_def: StepDefinition,
+    outcome: Outcome,
+    *,
+    lost: bool = False,
 ) -> None:
+    note_attempt(step, COMPENSATE, _label(outcome, lost), outcome)
     decision = machine.after_compensation_failure(
         attempts=step.compensation_attempts,
         retry=retry_of(step_def, COMPENSATE),
@@ -226,7 +264,9 @@ def abandon(saga: Saga, definition: SagaDefinition, reason: str) -> None:
     below = saga.current_step
     for step in store.steps_of(saga):
         if step.state == StepState.RUNNING:
-            store.step_gave_up(step, error=f"{reason} while it ran", interrupted=True)
+            error = f"{reason} while it ran"
+            note_attempt(step, FORWARD, "revoked", Outcome(error=error))
+            store.step_gave_up(step, error=error, interrupted=True)
             below = step.index + 1
         elif step.state == StepState.PENDING and step.due_at is not None:
             store.step_gave_up(step, error=f"{reason} before it ran")

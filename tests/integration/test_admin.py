@@ -48,6 +48,8 @@ def test_changelist_and_detail_render_escaped(admin_client):
     assert "Abort: s1 refused" in body and "<script>x</script>" not in body
     assert "&lt;script&gt;x&lt;/script&gt;" in body
     assert "flowchart LR" in body and "class s0 undone" in body
+    # s1's timeline: the forward attempt, then its compensation, each with outcome.
+    assert "forward #1</td><td>aborted" in body and "compensate #1</td><td>succeeded" in body
     search = admin_client.get(f"{CHANGELIST}?q={saga.correlation_id}")
     assert str(saga.id) in search.content.decode()
 
@@ -97,3 +99,53 @@ def test_staff_without_permission_neither_sees_nor_forges_the_actions(staff):
     client.force_login(user)
     assert "retry_sagas" in client.get(CHANGELIST).content.decode()
     assert "1 saga retried." in act(client, "retry_sagas", saga).content.decode()
+
+
+def test_outbox_changelist_shows_the_backlog_and_requeues_dead_events(admin_client, staff):
+    from django.db import transaction
+
+    import sagaflow
+    from sagaflow.models import OutboxEvent
+
+    with transaction.atomic():
+        ids = [sagaflow.publish("admin.test", {"n": i}) for i in range(3)]
+    OutboxEvent.objects.filter(pk=ids[0]).update(state="dead", attempts=25, last_error="boom")
+    body = admin_client.get("/admin/sagaflow/outboxevent/").content.decode()
+    assert "<strong>2</strong> pending" in body and "<strong>1</strong> dead" in body
+    user, client = staff
+    user.user_permissions.add(Permission.objects.get(codename="view_outboxevent"))
+    forged = client.post(
+        "/admin/sagaflow/outboxevent/",
+        {"action": "requeue", "_selected_action": [str(ids[0])]},
+        follow=True,
+    )
+    assert forged.status_code == 200
+    assert OutboxEvent.objects.get(pk=ids[0]).state == "dead"
+    page = admin_client.post(
+        "/admin/sagaflow/outboxevent/",
+        {"action": "requeue", "_selected_action": [str(i) for i in ids]},
+        follow=True,
+    )
+    assert "1 dead event re-queued." in page.content.decode()
+    assert OutboxEvent.objects.get(pk=ids[0]).state == "pending"
+
+
+def test_idempotency_key_shows_body_size_not_content(admin_client):
+    from django.utils import timezone
+
+    from sagaflow.models import IdempotencyKey
+
+    key = IdempotencyKey.objects.create(
+        scope="user:1",
+        method="POST",
+        route="orders/",
+        key="k-1",
+        fingerprint="f" * 64,
+        state="completed",
+        expires_at=timezone.now(),
+        created_at=timezone.now(),
+        response_status=201,
+        response_body=b'{"card": "4242-secret"}',
+    )
+    body = admin_client.get(f"/admin/sagaflow/idempotencykey/{key.pk}/change/").content.decode()
+    assert "23 bytes" in body and "f" * 64 in body and "4242-secret" not in body
