@@ -1,38 +1,171 @@
-"""The demo's sagas. The full shop checkout (stock, payments, shipping services
-with injected failures) comes with the shop; this small one shows the engine."""
+"""The orchestrated checkout, and (imported below) the choreographed one's consumers.
 
+    reserve_stock -> authorise_payment -> schedule_shipping -> capture_payment -> confirm_order
+
+Payment is captured only once shipping is scheduled; the non-reversible step
+(confirming and e-mailing) comes last and runs in the transaction that records it.
+
+**Outcome unknown.** A payment or shipping call that times out may have taken
+effect. Each call passes the step's ``ctx.idempotency_key``, so a retry returns
+the first call's result instead of acting twice. If the step runs out of tries
+while the outcome is unknown, sagaflow compensates only the steps *before* it (a
+failed step is not compensated), so the step makes its own effect safe before it
+gives up: it cancels by its key (void, refund, or a tombstone that refuses a late
+request). If even that call fails, ``tasks.reconcile`` cancels charges and
+shipments of cancelled orders from the services' own records later.
+"""
+
+from __future__ import annotations
+
+import logging
 from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
 
 import sagaflow
 from sagaflow import Abort, Retry
 
-checkout = sagaflow.define("demo_checkout", deadline=timedelta(minutes=5))
+from . import inventory, notifications, payments, shipping
+from .chaos import Declined, ServiceError
+from .models import Order, OrderStatus, Shipment
+
+logger = logging.getLogger("demo_shop.checkout")
+
+checkout = sagaflow.define("shop.checkout", deadline=timedelta(minutes=2))
+
+#: Service calls: 4 tries over about 1.5 s; local steps: 3 quick tries.
+SERVICE_RETRY = Retry(attempts=4, backoff=0.2, max_backoff=2)
+LOCAL_RETRY = Retry(attempts=3, backoff=0.1, max_backoff=1)
+#: Compensations must not give up on a gateway that is down for a while.
+UNDO_RETRY = Retry(attempts=10, backoff=0.2, max_backoff=2)
 
 
-@checkout.step(retry=Retry(attempts=3, backoff=0.1, max_backoff=1), timeout=10)
+def _order(ctx) -> Order:
+    return Order.objects.get(pk=ctx.data["order_id"])
+
+
+def _ref(ctx) -> str:
+    return f"order-{ctx.data['order_id']}"
+
+
+def _give_up_safely(ctx, retry: Retry, cancel) -> None:
+    """On the last try, undo whatever an earlier timed-out try may have done."""
+    if ctx.attempt < retry.attempts:
+        return
+    try:
+        cancel()
+    except ServiceError:
+        logger.warning("could not cancel %s after giving up; reconcile will", ctx.idempotency_key)
+
+
+@checkout.step(retry=LOCAL_RETRY, timeout=10, atomic=True)
 def reserve_stock(ctx):
-    return {"reservation": f"R-{ctx.data['order']}", "items": ctx.data["items"]}
+    try:
+        holds = inventory.reserve(ctx.data["order_id"])
+    except inventory.OutOfStock as exc:
+        raise Abort(f"out_of_stock: {exc.sku}") from exc
+    return {"holds": holds}
 
 
-@reserve_stock.compensation
+@reserve_stock.compensation(retry=UNDO_RETRY)
 def release_stock(ctx):
-    return None
+    inventory.release(ctx.data["order_id"], reason="compensation")
 
 
-@checkout.step(retry=Retry(attempts=3, backoff=0.1, max_backoff=1), timeout=10)
+@checkout.step(retry=SERVICE_RETRY, timeout=10)
 def authorise_payment(ctx):
-    if ctx.data.get("card") == "declined":
-        raise Abort("card declined")
-    if ctx.data.get("flaky_gateway") and ctx.attempt < 2:
-        raise ConnectionError("payment gateway timed out; retrying with the same key")
-    return {"authorisation": f"A-{ctx.data['order']}", "key": ctx.idempotency_key}
+    order = _order(ctx)
+    key = ctx.idempotency_key
+    try:
+        charge = payments.authorise(
+            key=key, order_ref=_ref(ctx), customer=order.customer, amount_cents=order.total_cents
+        )
+    except Declined as exc:
+        raise Abort(f"payment_declined: {exc}") from exc
+    except ServiceError:
+        _give_up_safely(
+            ctx,
+            SERVICE_RETRY,
+            lambda: payments.cancel(key=key, order_ref=_ref(ctx), customer=order.customer),
+        )
+        raise
+    return {"charge_key": charge.key, "amount_cents": charge.amount_cents}
 
 
-@authorise_payment.compensation
-def void_payment(ctx):
-    return None
+@authorise_payment.compensation(retry=UNDO_RETRY)
+def cancel_payment(ctx):
+    # Voids an authorisation, refunds a capture: whatever exists under the key.
+    order = _order(ctx)
+    payments.cancel(
+        key=ctx.results["authorise_payment"]["charge_key"],
+        order_ref=_ref(ctx),
+        customer=order.customer,
+    )
+
+
+@checkout.step(retry=SERVICE_RETRY, timeout=10)
+def schedule_shipping(ctx):
+    order = _order(ctx)
+    key = ctx.idempotency_key
+    items = sum(line.quantity for line in order.lines.all())
+    try:
+        shipment = shipping.schedule(
+            key=key, order_ref=_ref(ctx), customer=order.customer, items=items
+        )
+    except Declined as exc:
+        raise Abort(f"shipping_refused: {exc}") from exc
+    except ServiceError:
+        _give_up_safely(
+            ctx,
+            SERVICE_RETRY,
+            lambda: shipping.cancel(key=key, order_ref=_ref(ctx), customer=order.customer),
+        )
+        raise
+    return {"shipment_key": shipment.key}
+
+
+@schedule_shipping.compensation(retry=UNDO_RETRY)
+def cancel_shipment(ctx):
+    order = _order(ctx)
+    shipping.cancel(
+        key=ctx.results["schedule_shipping"]["shipment_key"],
+        order_ref=_ref(ctx),
+        customer=order.customer,
+    )
+
+
+@checkout.step(retry=SERVICE_RETRY, timeout=10)
+def capture_payment(ctx):
+    # Never capture unless shipping is scheduled: check the carrier's own record.
+    shipment_key = ctx.results["schedule_shipping"]["shipment_key"]
+    if not Shipment.objects.filter(key=shipment_key, state=Shipment.State.SCHEDULED).exists():
+        raise Abort("shipping_missing: no scheduled shipment, refusing to capture")
+    try:
+        # Capturing a captured charge is a no-op, so a retry after a timeout is safe;
+        # if all tries fail, authorise_payment's compensation refunds or voids.
+        charge = payments.capture(key=ctx.results["authorise_payment"]["charge_key"])
+    except Declined as exc:
+        raise Abort(f"capture_refused: {exc}") from exc
+    return {"captured_cents": charge.captured_cents}
 
 
 @checkout.step(atomic=True)
 def confirm_order(ctx):
-    return {"confirmed": True}
+    order_id = ctx.data["order_id"]
+    if not inventory.ship(order_id):
+        raise Abort("hold_expired: the stock hold expired before confirmation")
+    now = timezone.now()
+    confirmed = Order.objects.filter(pk=order_id, status=OrderStatus.PENDING).update(
+        status=OrderStatus.CONFIRMED, settled_at=now, emailed_at=now
+    )
+    if not confirmed:
+        raise Abort("order_not_pending: the order was settled elsewhere")
+    # The e-mail is the one effect that cannot be undone: sent only once this commits.
+    transaction.on_commit(lambda: notifications.send_confirmation(order_id))
+    return {"confirmed_at": now.isoformat()}
+
+
+# Imported for their side effects: the choreography's consumers and the receivers
+# that settle an order from its saga's end register themselves.
+from . import choreography, receivers  # noqa: E402, F401

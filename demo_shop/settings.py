@@ -66,6 +66,14 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # The demo's in-process worker and its main thread write at once: take the write
+    # lock when a transaction begins, and wait for it rather than fail.
+    DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 30}
+# The shop's fake payment and shipping services keep their tables on a connection of
+# their own (same database), so their commits do not depend on the shop's transactions.
+DATABASES["services"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
+DATABASE_ROUTERS = ["demo_shop.routers.ServicesRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 USE_TZ = True
@@ -96,7 +104,13 @@ CELERY_BEAT_SCHEDULE = {
     "sagaflow-relay-outbox": {"task": "sagaflow.relay_outbox", "schedule": 5.0},
     "sagaflow-outbox-sweep": {"task": "sagaflow.outbox_sweep", "schedule": 30.0},
     "sagaflow-janitor": {"task": "sagaflow.janitor", "schedule": 3600.0},
+    "shop-release-expired-holds": {"task": "demo_shop.release_expired_holds", "schedule": 30.0},
+    "shop-reconcile": {"task": "demo_shop.reconcile", "schedule": 60.0},
 }
+
+EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+#: Seconds a stock hold lasts; longer than the checkout saga's deadline (2 min).
+SHOP_HOLD_TTL = 600
 
 SAGAFLOW: dict = {}
 
