@@ -211,18 +211,25 @@ def requeue_dead(ids: Sequence[int] | None = None) -> int:
     of its key that were published while it was dead: order across a dead event
     is not kept (see docs/outbox.md).
     """
-    sql = (
+    count = _requeue(
         f"UPDATE {OUTBOX} SET state = 'pending', attempts = 0, available_at = now()"
-        " WHERE state = 'dead'"
+        " WHERE state = 'dead'",
+        ids,
     )
+    if count:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [CHANNEL])
+    return count
+
+
+def _requeue(sql: str, ids: Sequence[int] | None) -> int:
+    """Run a dead-to-live ``UPDATE``, limited to ``ids`` when given."""
     params: list[Any] = []
     if ids is not None:
         sql += " AND id = ANY(%s)"
         params.append(list(ids))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        if cursor.rowcount:
-            cursor.execute("SELECT pg_notify(%s, '')", [CHANNEL])
         return cursor.rowcount
 
 
@@ -374,17 +381,11 @@ def take_unconsumed(
 
 def requeue_dead_inbox(ids: Sequence[int] | None = None) -> int:
     """Give dead handler runs a fresh set of retries, due now."""
-    sql = (
+    return _requeue(
         f"UPDATE {INBOX} SET state = 'failed', attempts = 0, available_at = now(),"
-        " updated_at = now() WHERE state = 'dead'"
+        " updated_at = now() WHERE state = 'dead'",
+        ids,
     )
-    params: list[Any] = []
-    if ids is not None:
-        sql += " AND id = ANY(%s)"
-        params.append(list(ids))
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.rowcount
 
 
 # --- retention -----------------------------------------------------------------------------

@@ -11,18 +11,21 @@ from django.db import InterfaceError, OperationalError
 
 from . import engine, sweeper
 
+#: Options of every task that must run at least once: acked after it ran, returned
+#: to the queue if its process dies, and retried shortly after a database restart
+#: (if that fails too, the sweepers recover from the rows).
+AT_LEAST_ONCE = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": True,
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "max_retries": 5,
+}
 
-@shared_task(
-    name="sagaflow.execute_step",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    # A database restart: try again shortly; if that fails too, the sweeper recovers.
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=1,
-    retry_backoff_max=30,
-    max_retries=5,
-)
+
+@shared_task(name="sagaflow.execute_step", **AT_LEAST_ONCE)
 def execute_step(step_id: int, phase: str) -> None:
     engine.execute(step_id, phase)
 
@@ -60,16 +63,7 @@ def relay_outbox() -> dict[str, int]:
     return report
 
 
-@shared_task(
-    name="sagaflow.deliver_events",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=1,
-    retry_backoff_max=30,
-    max_retries=5,
-)
+@shared_task(name="sagaflow.deliver_events", **AT_LEAST_ONCE)
 def deliver_events(
     events: list[dict], consumer: str | None = None, retry: bool = False
 ) -> dict[str, int]:

@@ -153,24 +153,11 @@ def forward_failed(
         aborted=outcome.aborted,
         retryable=outcome.retryable,
     )
-    signal_on_commit(
-        signals.step_failed,
-        saga,
-        step=step.name,
-        phase=FORWARD,
-        attempt=step.attempts,
-        duration=outcome.duration,
-        error=outcome.error,
-    )
+    _announce_failure(saga, step, FORWARD, step.attempts, outcome)
     if isinstance(decision, machine.RetryLater):
         if interrupted:
             store.mark_interrupted(step)
         wait(step, decision.delay, outcome.error, FORWARD, step_def)
-        logger.warning(
-            "step failed, retrying in %.2fs",
-            decision.delay,
-            extra=log_extra(saga, step, step.attempts),
-        )
         return
     store.step_gave_up(step, error=outcome.error, interrupted=interrupted)
     logger.warning("step failed for good; compensating", extra=log_extra(saga, step, step.attempts))
@@ -178,6 +165,20 @@ def forward_failed(
     saga.error = f"step {step.name!r} failed: {outcome.error.splitlines()[-1][:500]}"
     store.save_saga(saga, "state", "error")
     continue_compensation(saga, step_def.saga, below=decision.below)
+
+
+def _announce_failure(
+    saga: Saga, step: SagaStep, phase: str, attempt: int, outcome: Outcome
+) -> None:
+    signal_on_commit(
+        signals.step_failed,
+        saga,
+        step=step.name,
+        phase=phase,
+        attempt=attempt,
+        duration=outcome.duration,
+        error=outcome.error,
+    )
 
 
 def compensation_failed(
@@ -196,22 +197,9 @@ def compensation_failed(
         step=step.name,
         error=outcome.error.splitlines()[-1][:500] if outcome.error else "",
     )
-    signal_on_commit(
-        signals.step_failed,
-        saga,
-        step=step.name,
-        phase=COMPENSATE,
-        attempt=step.compensation_attempts,
-        duration=outcome.duration,
-        error=outcome.error,
-    )
+    _announce_failure(saga, step, COMPENSATE, step.compensation_attempts, outcome)
     if isinstance(decision, machine.RetryLater):
         wait(step, decision.delay, outcome.error, COMPENSATE, step_def)
-        logger.warning(
-            "compensation failed, retrying in %.2fs",
-            decision.delay,
-            extra=log_extra(saga, step, step.compensation_attempts),
-        )
         return
     store.step_gave_up(step, error=outcome.error)
     fail_saga(saga, decision.reason)
@@ -289,6 +277,11 @@ def wait(step: SagaStep, delay: float, error: str, phase: str, step_def: StepDef
     timeout are redelivered again and again."""
     via_broker = delay <= conf.MAX_COUNTDOWN
     store.step_wait(step, delay=delay, error=error, dispatched=via_broker)
+    attempt = step.attempts if phase == FORWARD else step.compensation_attempts
+    what = "step" if phase == FORWARD else "compensation"
+    logger.warning(
+        "%s failed, retrying in %.2fs", what, delay, extra=log_extra(step.saga, step, attempt)
+    )
     if via_broker:
         dispatch.send_on_commit(
             step.pk, phase, countdown=delay, timeout=timeout_of(step_def, phase)

@@ -18,13 +18,13 @@ from sagaflow.exceptions import (
     IdempotencyKeyReused,
 )
 from sagaflow.idempotency import (
-    _stored_headers,
     fingerprint,
     idempotent,
     parse_key,
     problem_response,
     user_scope,
 )
+from sagaflow.idempotency_http import stored_headers
 from sagaflow.middleware import IdempotencyMiddleware
 
 factory = RequestFactory()
@@ -126,7 +126,7 @@ def test_cookie_and_auth_headers_are_never_stored_even_if_allowed(settings):
     response["X-A"] = "1"
     response["X-B"] = "2"
     response.set_cookie("session", "s")
-    assert _stored_headers(response) == [["Content-Type", "text/plain"], ["X-A", "1"]]
+    assert stored_headers(response) == [["Content-Type", "text/plain"], ["X-A", "1"]]
 
 
 def test_user_scope_has_no_anonymous_bucket():

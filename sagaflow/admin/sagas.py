@@ -1,4 +1,4 @@
-"""Admin for the people on call: see what is stuck and why, and repair it safely.
+"""The saga admin, for the people on call: see what is stuck and why, and repair it.
 
 Everything is read-only; the only writes are the *retry* and *compensate* actions,
 each a call into ``sagaflow.operations`` (never a bulk ``update()``), each guarded by
@@ -7,7 +7,6 @@ its own permission and recorded in the admin log with the user who ran it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -18,45 +17,13 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import ngettext
 
-from . import operations, outbox_store, store
-from .conf import conf
-from .exceptions import ActionRefused, UnknownSagaError
-from .graph import mermaid
-from .models import IdempotencyKey, InboxMessage, OutboxEvent, Saga, SagaStep
-from .registry import get_definition
-
-#: Longest JSON shown on the detail page; the rest is cut with a note.
-SHOWN_JSON = 10_000
-#: How many refusal reasons an action lists before summarising.
-SHOWN_REFUSALS = 5
-
-
-class ReadOnlyMixin:
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-def _json_block(value: Any) -> str:
-    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
-    if len(text) > SHOWN_JSON:
-        text = f"{text[:SHOWN_JSON]}\n… ({len(text) - SHOWN_JSON} more characters not shown)"
-    return format_html('<pre style="white-space: pre-wrap">{}</pre>', text)
-
-
-def _error_details(error: str) -> str:
-    if not error:
-        return ""
-    return format_html(
-        '<details><summary>{}</summary><pre style="white-space: pre-wrap">{}</pre></details>',
-        error.strip().splitlines()[-1][:200],
-        error,
-    )
+from .. import operations, store
+from ..conf import conf
+from ..exceptions import ActionRefused, UnknownSagaError
+from ..graph import mermaid
+from ..models import Saga, SagaStep
+from ..registry import get_definition
+from .common import SHOWN_REFUSALS, ReadOnlyMixin, error_details, json_block
 
 
 class SagaStepInline(ReadOnlyMixin, admin.TabularInline):
@@ -90,7 +57,7 @@ class SagaStepInline(ReadOnlyMixin, admin.TabularInline):
 
     @admin.display(description="result")
     def result_shown(self, step: SagaStep) -> str:
-        return _json_block(step.result) if step.result is not None else ""
+        return json_block(step.result) if step.result is not None else ""
 
     @admin.display(description="attempts (oldest first)")
     def timeline(self, step: SagaStep) -> str:
@@ -104,7 +71,7 @@ class SagaStepInline(ReadOnlyMixin, admin.TabularInline):
                     entry.get("attempt", ""),
                     entry.get("outcome", ""),
                     f"{float(entry.get('duration') or 0) * 1000:.0f}",
-                    _error_details(entry.get("error", "")),
+                    error_details(entry.get("error", "")),
                 )
                 for entry in step.history
             ),
@@ -198,11 +165,11 @@ class SagaAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="data")
     def data_shown(self, saga: Saga) -> str:
-        return _json_block(saga.data)
+        return json_block(saga.data)
 
     @admin.display(description="results")
     def results_shown(self, saga: Saga) -> str:
-        return _json_block(saga.results)
+        return json_block(saga.results)
 
     # --- actions ---------------------------------------------------------------------
 
@@ -260,150 +227,3 @@ class SagaAdmin(ReadOnlyMixin, admin.ModelAdmin):
                 },
                 messages.WARNING,
             )
-
-
-def _report(
-    admin_: admin.ModelAdmin, request: HttpRequest, count: int, singular: str, plural: str
-) -> None:
-    admin_.message_user(
-        request, ngettext(singular, plural, count) % {"count": count}, messages.SUCCESS
-    )
-
-
-@admin.register(OutboxEvent)
-class OutboxEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    list_display = [
-        "id",
-        "topic",
-        "key",
-        "state",
-        "attempts",
-        "created_at",
-        "available_at",
-        "published_at",
-        "short_error",
-    ]
-    list_filter = ["state", "topic"]
-    search_fields = ["=id", "topic", "key"]
-    actions = ["requeue"]
-    readonly_fields = [
-        "id",
-        "topic",
-        "key",
-        "state",
-        "attempts",
-        "created_at",
-        "available_at",
-        "published_at",
-        "last_error",
-        "payload_shown",
-        "headers_shown",
-    ]
-    fields = readonly_fields
-
-    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> Any:
-        context = {**(extra_context or {}), "outbox_backlog": outbox_store.backlog()}
-        return super().changelist_view(request, extra_context=context)
-
-    @admin.display(description="last error")
-    def short_error(self, event: OutboxEvent) -> str:
-        return event.last_error.strip().splitlines()[-1][:120] if event.last_error else ""
-
-    @admin.display(description="payload")
-    def payload_shown(self, event: OutboxEvent) -> str:
-        return _json_block(event.payload)
-
-    @admin.display(description="headers")
-    def headers_shown(self, event: OutboxEvent) -> str:
-        return _json_block(event.headers)
-
-    def has_requeue_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("sagaflow.requeue_outboxevent")
-
-    @admin.action(description="Re-queue selected dead events", permissions=["requeue"])
-    def requeue(self, request: HttpRequest, queryset: QuerySet) -> None:
-        ids = list(queryset.filter(state="dead").values_list("pk", flat=True))
-        count = sum(outbox_store.requeue_dead(ids[i : i + 1000]) for i in range(0, len(ids), 1000))
-        for event in queryset.filter(pk__in=ids).only("pk", "topic"):
-            self.log_change(request, event, "re-queued from the admin")
-        _report(
-            self,
-            request,
-            count,
-            "%(count)d dead event re-queued.",
-            "%(count)d dead events re-queued.",
-        )
-
-
-@admin.register(InboxMessage)
-class InboxMessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    list_display = [
-        "consumer",
-        "message_id",
-        "topic",
-        "state",
-        "attempts",
-        "updated_at",
-        "available_at",
-    ]
-    list_filter = ["state", "consumer", "topic"]
-    search_fields = ["=message_id", "consumer"]
-    actions = ["requeue"]
-
-    def has_requeue_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("sagaflow.requeue_outboxevent")
-
-    @admin.action(description="Retry selected dead handler runs", permissions=["requeue"])
-    def requeue(self, request: HttpRequest, queryset: QuerySet) -> None:
-        ids = list(queryset.filter(state="dead").values_list("pk", flat=True))
-        count = sum(
-            outbox_store.requeue_dead_inbox(ids[i : i + 1000]) for i in range(0, len(ids), 1000)
-        )
-        _report(
-            self,
-            request,
-            count,
-            "%(count)d dead handler run re-queued.",
-            "%(count)d dead handler runs re-queued.",
-        )
-
-
-@admin.register(IdempotencyKey)
-class IdempotencyKeyAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    """Keys are evidence, not content: a stored body shows as its size only."""
-
-    list_display = [
-        "key",
-        "scope",
-        "method",
-        "route",
-        "state",
-        "response_status",
-        "attempts",
-        "created_at",
-        "expires_at",
-    ]
-    list_filter = ["state", "method"]
-    search_fields = ["=key", "scope"]
-    fields = [
-        "key",
-        "scope",
-        "method",
-        "route",
-        "state",
-        "fingerprint",
-        "attempts",
-        "locked_until",
-        "created_at",
-        "completed_at",
-        "expires_at",
-        "response_status",
-        "body_size",
-    ]
-    readonly_fields = fields
-
-    @admin.display(description="stored body")
-    def body_size(self, key: IdempotencyKey) -> str:
-        if key.response_body is None:
-            return "none"
-        return f"{len(key.response_body)} bytes"

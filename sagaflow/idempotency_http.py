@@ -1,0 +1,157 @@
+"""The HTTP side of the Idempotency-Key policy, free of database and view plumbing:
+parsing the header, fingerprinting a request, whose key it is, and the responses
+(RFC 9457 problems, replays) sent back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+from django.utils.module_loading import import_string
+
+from .conf import conf
+from .exceptions import (
+    ConfigurationError,
+    IdempotencyBodyMalformed,
+    IdempotencyError,
+    IdempotencyKeyInvalid,
+)
+
+ScopeFunction = Callable[[Any], "str | None"]
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+#: Never stored, whatever SAGAFLOW['IDEMPOTENCY_REPLAY_HEADERS'] says: replaying
+#: them would hand one client's session, CSRF token or credentials to a retry.
+NEVER_REPLAYED = frozenset(
+    {
+        "set-cookie",
+        "cookie",
+        "authorization",
+        "proxy-authorization",
+        "www-authenticate",
+        "proxy-authenticate",
+        "x-csrftoken",
+        "x-csrf-token",
+        REPLAYED_HEADER.lower(),
+    }
+)
+
+
+def parse_key(raw: str | None) -> str | None:
+    """The key from the header value, or None if absent; raise if malformed.
+
+    Printable ASCII without spaces, quotes or backslashes, within the configured
+    length bounds. A Structured Field string (``"abc"``, as the draft writes it)
+    is accepted too and unquoted. No database is touched before this passes.
+    """
+    if raw is None:
+        return None
+    value = raw
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    low, high = conf.IDEMPOTENCY_KEY_MIN_LENGTH, conf.IDEMPOTENCY_KEY_MAX_LENGTH
+    if not low <= len(value) <= high:
+        raise IdempotencyKeyInvalid(
+            f"{HEADER} is {len(value)} characters long; send {low} to {high} printable "
+            f"ASCII characters, e.g. a random UUID."
+        )
+    for position, char in enumerate(value):
+        if not 0x21 <= ord(char) <= 0x7E or char in '"\\':
+            raise IdempotencyKeyInvalid(
+                f"{HEADER} has {char!r} at position {position}; use printable ASCII "
+                f"without spaces, quotes or backslashes, e.g. a random UUID."
+            )
+    return value
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+def fingerprint(request: HttpRequest, method: str, route: str) -> str:
+    """sha256 over method, route, path + query, media type and body.
+
+    A JSON body is hashed in canonical form (sorted keys, no whitespace), so a
+    client that re-serialises the same object differently is not refused with 422.
+    Raises ``IdempotencyBodyMalformed`` for a JSON media type with a body that is
+    not JSON: such a request can never run, so it must not consume the key.
+    """
+    content_type = (request.content_type or "").lower()
+    body = request.body  # RequestDataTooBig propagates: Django answers 400, nothing claimed
+    if _is_json(content_type) and body.strip():
+        try:
+            body = json.dumps(
+                json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            ).encode()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IdempotencyBodyMalformed(
+                f"The body is sent as {content_type} but is not valid JSON ({exc}). "
+                f"Fix the body and retry with the same {HEADER}; it was not used."
+            ) from exc
+    digest = hashlib.sha256()
+    for part in (method, route, request.get_full_path(), content_type):
+        digest.update(part.encode("utf-8", "surrogateescape"))
+        digest.update(b"\0")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+def user_scope(request: Any) -> str | None:
+    """Default scope: the authenticated user's primary key; None if anonymous.
+
+    There is no shared anonymous bucket: one anonymous client could otherwise
+    block or read another's responses by guessing its key.
+    """
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return None
+    return f"user:{user.pk}"
+
+
+@lru_cache(maxsize=8)
+def import_scope(path: str) -> ScopeFunction:
+    try:
+        return import_string(path)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"SAGAFLOW['IDEMPOTENCY_SCOPE'] = {path!r} cannot be imported ({exc}); "
+            f"give the dotted path of a function scope(request) -> str | None."
+        ) from exc
+
+
+def problem_response(error: IdempotencyError) -> HttpResponse:
+    """An RFC 9457 ``application/problem+json`` response for ``error``."""
+    body = {
+        "type": f"urn:sagaflow:problem:{error.code}",
+        "title": error.title,
+        "status": error.status_code,
+        "detail": error.detail,
+        "code": error.code,
+    }
+    response = HttpResponse(
+        json.dumps(body), status=error.status_code, content_type="application/problem+json"
+    )
+    if error.retry_after is not None:
+        response["Retry-After"] = str(error.retry_after)
+    return response
+
+
+def stored_headers(response: HttpResponseBase) -> list[list[str]]:
+    allowed = {name.lower() for name in conf.IDEMPOTENCY_REPLAY_HEADERS} - NEVER_REPLAYED
+    return [[name, value] for name, value in response.items() if name.lower() in allowed]
+
+
+def replay(status: int, headers: list[list[str]], body: bytes) -> HttpResponse:
+    response = HttpResponse(body, status=status)
+    del response["Content-Type"]
+    for name, value in headers:
+        response[name] = value
+    response[REPLAYED_HEADER] = "true"
+    return response
