@@ -112,7 +112,9 @@ class SagaStep(models.Model):
     history = models.JSONField(default=list, blank=True)
 
     class Meta:
-        ordering = ["saga", "index"]
+        # By the column, not the relation: ordering by "saga" would join the saga
+        # table (and its own ordering) into every step query.
+        ordering = ["saga_id", "index"]
         constraints = [
             models.UniqueConstraint(fields=["saga", "index"], name="sagaflow_step_unique_index"),
         ]

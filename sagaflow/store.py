@@ -114,14 +114,20 @@ def lock_step(step_id: int) -> SagaStep | None:
     saga = lock_saga(Subquery(saga_id))
     if saga is None:
         return None
-    step = SagaStep.objects.annotate(db_now=Now()).filter(pk=step_id).first()
+    step = SagaStep.objects.annotate(db_now=Now()).filter(pk=step_id).order_by().first()
     if step is not None:
         step.saga = saga
     return step
 
 
 def lock_saga(saga_id: uuid.UUID | Subquery) -> Saga | None:
-    return Saga.objects.select_for_update().annotate(db_now=Now()).filter(pk=saga_id).first()
+    return (
+        Saga.objects.select_for_update()
+        .annotate(db_now=Now())
+        .filter(pk=saga_id)
+        .order_by()
+        .first()
+    )
 
 
 def steps_of(saga: Saga) -> list[SagaStep]:
