@@ -175,18 +175,48 @@ class DeliveryReport:
 
 
 def deliver(
-    messages: Sequence[dict[str, Any]], *, only: str | None = None, retry: bool = False
+    messages: Sequence[dict[str, Any]],
+    *,
+    only: str | None = None,
+    retry: bool = False,
+    redelivered: bool = False,
 ) -> DeliveryReport:
-    """Run every registered consumer of each message's topic (or only ``only``)."""
+    """Run every registered consumer of each message's topic (or only ``only``).
+
+    ``redelivered``: the broker returned this batch because the worker running it
+    died; each try is then counted before it runs (``inbox_count_crash``), so a
+    handler that kills its process is dead-lettered after its tries, and the
+    events after it in the batch still run.
+    """
     report = DeliveryReport()
     for message in messages:
         event = Event.from_message(message)
         for entry in consumers_of(event.topic):
             if only is not None and entry.name != only:
                 continue
+            if redelivered and _crashed_too_often(entry, event):
+                report.dead += 1
+                continue
             outcome = apply(entry, event, retry=retry)
             setattr(report, outcome, getattr(report, outcome) + 1)
     return report
+
+
+def _crashed_too_often(entry: Consumer, event: Event) -> bool:
+    crashes = outbox_store.inbox_count_crash(entry.name, event.id, event.topic)
+    policy = entry.policy()
+    if crashes is None or not policy.exhausted(crashes):
+        return False
+    outbox_store.inbox_failed(
+        entry.name, event.id, attempts=crashes, dead=True, delay=0, error=outbox_store.CRASHED
+    )
+    logger.error(
+        "consumer %s: event %s killed its worker %d time(s); dead-lettered",
+        entry.name,
+        event.id,
+        crashes,
+    )
+    return True
 
 
 def apply(entry: Consumer, event: Event, *, retry: bool = False) -> str:

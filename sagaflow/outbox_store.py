@@ -279,6 +279,10 @@ class InboxEntry:
     due: bool
 
 
+#: The error recorded for a try whose worker died (see ``inbox_count_crash``).
+CRASHED = "the worker died while this handler ran (its message was redelivered)"
+
+
 def inbox_enter(consumer: str, message_id: int, topic: str) -> InboxEntry:
     """Insert the inbox row as processed, or lock the existing one.
 
@@ -303,6 +307,28 @@ def inbox_enter(consumer: str, message_id: int, topic: str) -> InboxEntry:
         )
         state, attempts, due = cursor.fetchone()
     return InboxEntry(new=False, state=state, attempts=attempts, due=due)
+
+
+def inbox_count_crash(consumer: str, message_id: int, topic: str) -> int | None:
+    """Count a try that may have killed its worker; committed on its own.
+
+    Called before a handler runs on an event of a *redelivered* message (its
+    worker died mid-batch), so a handler that kills its process uses up its tries
+    and is dead-lettered instead of being redelivered forever (C2). Returns the
+    count, or None when the event is already processed or dead (nothing to run).
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {INBOX} AS i (consumer, message_id, topic, state, attempts,"
+            " last_error, created_at, updated_at, available_at)"
+            " VALUES (%s, %s, %s, 'failed', 1, %s, now(), now(), now())"
+            " ON CONFLICT (consumer, message_id) DO UPDATE SET attempts = i.attempts + 1,"
+            " last_error = EXCLUDED.last_error, updated_at = now(), available_at = now()"
+            " WHERE i.state = 'failed' RETURNING i.attempts",
+            [consumer, message_id, topic, CRASHED],
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 def inbox_processed(consumer: str, message_id: int) -> None:

@@ -6,7 +6,7 @@ app never imports a project's Celery app (``shared_task``).
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.db import InterfaceError, OperationalError
 
 from . import engine, sweeper
@@ -63,14 +63,17 @@ def relay_outbox() -> dict[str, int]:
     return report
 
 
-@shared_task(name="sagaflow.deliver_events", **AT_LEAST_ONCE)
+@shared_task(name="sagaflow.deliver_events", bind=True, **AT_LEAST_ONCE)
 def deliver_events(
-    events: list[dict], consumer: str | None = None, retry: bool = False
+    self: Task, events: list[dict], consumer: str | None = None, retry: bool = False
 ) -> dict[str, int]:
     """One relayed batch: run each event's consumers, each in its own transaction."""
     from . import consumers
 
-    return consumers.deliver(events, only=consumer, retry=retry).as_dict()
+    # The broker marks a message it returns after its worker died (kombu's Redis
+    # transport on reject/restore; AMQP natively).
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    return consumers.deliver(events, only=consumer, retry=retry, redelivered=redelivered).as_dict()
 
 
 @shared_task(name="sagaflow.outbox_sweep", ignore_result=True)

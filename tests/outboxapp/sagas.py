@@ -1,5 +1,8 @@
 """Consumers the outbox tests deliver to (autodiscovered like any app's sagas.py)."""
 
+import os
+import signal
+
 import sagaflow
 from sagaflow import Retry
 from sagaflow.consumers import Event
@@ -31,3 +34,16 @@ def chain(event: Event) -> None:
     """Publishes a follow-up event from inside a handler (correlation chaining)."""
     if event.payload and event.payload.get("chain"):
         sagaflow.publish(CHAINED, {"after": event.id}, key=event.key)
+
+
+POISON = "outbox.poison"
+
+
+@sagaflow.consumer(
+    POISON, name="outboxapp.poison", retry=Retry(attempts=2, backoff=0, max_backoff=0)
+)
+def poison(event: Event) -> None:
+    """Kills its own worker process on a poisoned event, like a segfault or the OOM killer."""
+    if event.payload.get("poison"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    Receipt.objects.create(consumer="outboxapp.poison", event_id=event.id, key=event.key)
