@@ -70,110 +70,120 @@ def wait_until(
         time.sleep(every)
 
 
-class Worker:
-    """A ``celery worker`` subprocess; stop() or kill() it, or SIGKILL its children."""
+class Process:
+    """A subprocess in its own session, its output in a temporary log file."""
 
-    def __init__(self, *, concurrency: int = 2, env: dict[str, str] | None = None) -> None:
-        self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
-        fd, path = tempfile.mkstemp(prefix="sagaflow-worker-", suffix=".log")
-        os.close(fd)
-        self.log = Path(path)
-        with self.log.open("wb") as log:
-            self.process = self._spawn(concurrency, env, log)
-        wait_until(self._ready, timeout=60, what="the celery worker to be ready")
-
-    def _spawn(self, concurrency: int, env: dict[str, str] | None, log: Any) -> subprocess.Popen:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "demo_shop",
-                "worker",
-                "--loglevel=INFO",
-                f"--concurrency={concurrency}",
-                "--pool=prefork",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-n",
-                self.name,
-            ],
-            cwd=ROOT,
-            env=child_env(**(env or {})),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"worker exited early:\n{self.output()}")
-        return b"ready." in self.log.read_bytes()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-5000:]
-
-    def kill(self) -> None:
-        """SIGKILL the main process and every child: a cold crash, no cleanup."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # stray children, if any
-        self.log.unlink(missing_ok=True)
-
-
-class Relay:
-    """A ``manage.py sagaflow_relay`` subprocess (the outbox relay's long-lived loop)."""
-
-    def __init__(self, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
-        fd, path = tempfile.mkstemp(prefix="sagaflow-relay-", suffix=".log")
+    def __init__(self, command: list[str], *, env: dict[str, str], prefix: str) -> None:
+        fd, path = tempfile.mkstemp(prefix=f"sagaflow-{prefix}-", suffix=".log")
         os.close(fd)
         self.log = Path(path)
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "sagaflow_relay", *args],
+                command,
                 cwd=ROOT,
-                env=child_env(
-                    **{"DJANGO_SETTINGS_MODULE": "tests.outboxapp.relay_settings", **(env or {})}
-                ),
+                env=child_env(**env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
 
-    def ready(self) -> bool:
-        if self.process.poll() is not None:
-            code = self.process.returncode
-            raise AssertionError(f"relay exited early ({code}):\n{self.output()}")
-        return b"sagaflow relay ready" in self.log.read_bytes()
-
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-5000:]
 
+    def exited_early(self, what: str) -> None:
+        if self.process.poll() is not None:
+            code = self.process.returncode
+            raise AssertionError(f"{what} exited early ({code}):\n{self.output()}")
+
     def kill(self) -> None:
+        """SIGKILL the process and every child: a cold crash, no cleanup."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
-    def stop(self) -> dict[str, int]:
-        """SIGTERM, wait, and return the counters it printed (empty if it was killed)."""
+    def terminate(self, timeout: float = 20) -> None:
+        """SIGTERM and wait; SIGKILL whatever is left of the session."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # stray children, if any
+
+    def close(self) -> None:
+        self.terminate()
+        self.log.unlink(missing_ok=True)
+
+
+class Worker(Process):
+    """A ``celery worker`` (prefork) subprocess; stop() or kill() it, or SIGKILL a child."""
+
+    def __init__(self, *, concurrency: int = 2, env: dict[str, str] | None = None) -> None:
+        self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "demo_shop",
+            "worker",
+            "--loglevel=INFO",
+            f"--concurrency={concurrency}",
+            "--pool=prefork",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            self.name,
+        ]
+        super().__init__(command, env=env or {}, prefix="worker")
+        wait_until(self._ready, timeout=60, what="the celery worker to be ready")
+
+    def _ready(self) -> bool:
+        self.exited_early("worker")
+        return b"ready." in self.log.read_bytes()
+
+    def stop(self) -> None:
+        self.close()
+
+
+class Beat(Process):
+    """``celery beat`` with django-celery-beat's DatabaseScheduler (the settings' schedule)."""
+
+    def __init__(self, *, env: dict[str, str] | None = None) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "demo_shop",
+            "beat",
+            "--loglevel=INFO",
+            "-S",
+            "django_celery_beat.schedulers:DatabaseScheduler",
+        ]
+        super().__init__(command, env=env or {}, prefix="beat")
+
+
+class Relay(Process):
+    """A ``manage.py sagaflow_relay`` subprocess (the outbox relay's long-lived loop)."""
+
+    def __init__(self, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+        super().__init__(
+            [sys.executable, "manage.py", "sagaflow_relay", *args],
+            env={"DJANGO_SETTINGS_MODULE": "tests.outboxapp.relay_settings", **(env or {})},
+            prefix="relay",
+        )
+
+    def ready(self) -> bool:
+        self.exited_early("relay")
+        return b"sagaflow relay ready" in self.log.read_bytes()
+
+    def stop(self) -> dict[str, int]:
+        """SIGTERM, wait, and return the counters it printed (empty if it was killed)."""
+        self.terminate(timeout=30)
         text = self.log.read_text(errors="replace")
         stats: dict[str, int] = {}
         for line in text.splitlines():

@@ -9,7 +9,8 @@ import pytest
 
 from sagaflow import sweeper
 from sagaflow.models import Saga, SagaState, SagaStep, StepState
-from tests.processes import wait_until
+from sagaflow.testing import captured_dispatches
+from tests.processes import Beat, wait_until
 from tests.sagaapp import sagas
 from tests.sagaapp.models import Call, Effect
 
@@ -113,3 +114,23 @@ def test_non_json_step_result_compensates_with_a_clear_error(worker):
     assert step.attempts == 1  # not retried: retrying cannot make it serialisable
     assert "result of step 'returns_object'['when']: object" in step.error
     assert Effect.objects.filter(saga_id=saga.id, kind="compensation", step="first").count() == 1
+
+
+def test_celery_beat_runs_the_sweeper_that_resends_a_lost_message(worker):
+    """No ticking here: django-celery-beat's schedule (from the settings) does it."""
+    with captured_dispatches():  # the first step's message never reaches the broker
+        saga = sagas.chain.start({})
+    beat = Beat()
+    try:
+
+        def done():
+            beat.exited_early("beat")
+            saga.refresh_from_db()
+            return saga.state == SagaState.COMPLETED
+
+        wait_until(done, timeout=60, every=0.2, what=f"beat's sweep\n{beat.output()}")
+        log = beat.output()
+    finally:
+        beat.close()
+    assert "Sending due task sagaflow-sweep (sagaflow.sweep)" in log
+    assert SagaStep.objects.get(saga=saga, index=0).attempts == 1

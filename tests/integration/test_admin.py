@@ -149,3 +149,29 @@ def test_idempotency_key_shows_body_size_not_content(admin_client):
     )
     body = admin_client.get(f"/admin/sagaflow/idempotencykey/{key.pk}/change/").content.decode()
     assert "23 bytes" in body and "f" * 64 in body and "4242-secret" not in body
+
+
+def test_bulk_retry_of_a_thousand_sagas_works_in_bounded_batches(
+    admin_client, django_capture_on_commit_callbacks
+):
+    from sagaflow.testing import captured_dispatches
+    from tests.factories import SagaFactory
+
+    runs = SagaFactory.create_batch(1200, failed_in_compensation=True)
+    SagaFactory.create_batch(3, completed=True)
+    with captured_dispatches() as sent, django_capture_on_commit_callbacks(execute=True):
+        page = admin_client.post(
+            CHANGELIST,
+            {
+                "action": "retry_sagas",
+                "select_across": "1",
+                "index": "0",
+                "_selected_action": [str(runs[0].pk)],
+            },
+            follow=True,
+        )
+    body = page.content.decode()
+    assert "1200 sagas retried." in body and "3 sagas refused" in body
+    assert len(sent) == 1200 and {phase for _, phase in sent} == {"compensate"}
+    assert Saga.objects.filter(state=SagaState.COMPENSATING).count() == 1200
+    assert LogEntry.objects.count() == 1200
