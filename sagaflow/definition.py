@@ -46,6 +46,9 @@ class Context:
     attempt: int
     correlation_id: str
     compensating: bool = False
+    #: The key the forward step uses (in a compensation: the step being undone),
+    #: to cancel "whatever was done under that key" when no result was recorded.
+    step_key: str = ""
 
 
 def _check_name(kind: str, name: object) -> str:
@@ -113,6 +116,10 @@ class StepDefinition:
     retry: Retry | None
     timeout: float | None
     atomic: bool
+    #: Compensate this step too when it fails for good with an error (not Abort):
+    #: it may have acted before failing, like a charge that timed out after the
+    #: money moved. Its compensation must then cope with "nothing to undo".
+    compensate_on_failure: bool = False
     compensation_def: Compensation | None = field(default=None, repr=False)
 
     def __call__(self, ctx: Context) -> Any:
@@ -181,6 +188,7 @@ class SagaDefinition:
         retry: Retry | None = None,
         timeout: float | timedelta | None = None,
         atomic: bool = False,
+        compensate_on_failure: bool = False,
     ) -> Callable[[StepFunction], StepDefinition]: ...
 
     def step(
@@ -191,6 +199,7 @@ class SagaDefinition:
         retry: Retry | None = None,
         timeout: float | timedelta | None = None,
         atomic: bool = False,
+        compensate_on_failure: bool = False,
     ) -> Any:
         """Append a step; steps run in the order they are defined."""
 
@@ -202,8 +211,12 @@ class SagaDefinition:
                     f"Saga {self.name!r} already has a step named {step_name!r}; "
                     f"step names must be unique within a saga (pass name=... to rename)."
                 )
-            if not isinstance(atomic, bool):
-                raise DefinitionError(f"{where}: atomic={atomic!r} must be True or False.")
+            for option, value in (
+                ("atomic", atomic),
+                ("compensate_on_failure", compensate_on_failure),
+            ):
+                if not isinstance(value, bool):
+                    raise DefinitionError(f"{where}: {option}={value!r} must be True or False.")
             step = StepDefinition(
                 saga=self,
                 index=len(self.steps),
@@ -212,6 +225,7 @@ class SagaDefinition:
                 retry=_check_retry(retry, where),
                 timeout=_check_timeout(timeout, where),
                 atomic=atomic,
+                compensate_on_failure=compensate_on_failure,
             )
             self.steps.append(step)
             return step

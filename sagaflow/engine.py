@@ -200,6 +200,7 @@ def _claim(step_id: int, phase: str, token: uuid.UUID) -> Claim | None:
         data=saga.data,
         results=dict(saga.results),
         idempotency_key=idempotency_key(saga.id, step.index, step.name, phase),
+        step_key=idempotency_key(saga.id, step.index, step.name, FORWARD),
         attempt=attempt,
         correlation_id=saga.correlation_id,
         compensating=phase == COMPENSATE,

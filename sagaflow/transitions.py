@@ -159,6 +159,8 @@ def forward_failed(
             store.mark_interrupted(step)
         wait(step, decision.delay, outcome.error, FORWARD, step_def)
         return
+    if step_def.compensate_on_failure and not outcome.aborted:
+        interrupted = True  # it may have acted before failing: undo it too
     store.step_gave_up(step, error=outcome.error, interrupted=interrupted)
     logger.warning("step failed for good; compensating", extra=log_extra(saga, step, step.attempts))
     saga.state = SagaState.COMPENSATING

@@ -182,3 +182,19 @@ def test_idempotency_keys_are_stable_per_step_and_distinct_per_compensation():
     assert len({next(iter(v)) for v in keys.values()}) == len(keys)
     assert keys[("s2", "step")] == {f"sagaflow:{saga.id}:2:s2"}
     assert keys[("s1", "compensation")] == {f"sagaflow:{saga.id}:1:s1:compensation"}
+
+
+def test_compensate_on_failure_undoes_a_step_that_may_have_acted():
+    saga = run_inline(sagas.uncertain, {"fail": {"charge_card": "always"}})
+    assert saga.state == SagaState.COMPENSATED
+    undone = Call.objects.filter(saga_id=saga.id, kind="compensation").order_by("id")
+    assert list(undone.values_list("step", flat=True)) == ["charge_card", "hold"]
+    charge = Effect.objects.get(saga_id=saga.id, step="charge_card")
+    assert charge.kind == "refunded" and charge.idempotency_key.endswith(":1:charge_card")
+
+
+def test_compensate_on_failure_does_not_apply_to_abort():
+    saga = run_inline(sagas.uncertain, {"fail": {"charge_card": "abort"}})
+    assert saga.state == SagaState.COMPENSATED
+    undone = Call.objects.filter(saga_id=saga.id, kind="compensation")
+    assert list(undone.values_list("step", flat=True)) == ["hold"]

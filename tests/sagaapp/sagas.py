@@ -137,3 +137,32 @@ def undo_first(ctx):
 @bad_result.step
 def returns_object(ctx):
     return {"when": object()}
+
+
+# A step whose failure may hide an effect: its compensation runs even when it failed.
+uncertain = sagaflow.define("uncertain")
+
+
+@uncertain.step
+def hold(ctx):
+    _effect(ctx, "step")
+    return {"held": True}
+
+
+@hold.compensation
+def unhold(ctx):
+    _behave(ctx, "compensation")
+
+
+@uncertain.step(compensate_on_failure=True, retry=Retry(attempts=2, backoff=0, max_backoff=0))
+def charge_card(ctx):
+    _effect(ctx, "step")  # the money moved...
+    _behave(ctx, "step")  # ...then the call failed (data says how)
+    return {"charged": True}
+
+
+@charge_card.compensation
+def refund_card(ctx):
+    _behave(ctx, "compensation")
+    # No result was recorded: cancel whatever was done under the step's own key.
+    Effect.objects.filter(idempotency_key=ctx.step_key).update(kind="refunded")
