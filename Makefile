@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DATABASE_URL ?= postgres://postgres@localhost:5432/sagaflow
 export CELERY_BROKER_URL ?= redis://localhost:6379/0
 
-.PHONY: install test lint demo bench clean browser-deps
+.PHONY: install test lint demo bench clean browser-deps chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,8 +50,26 @@ _demo:
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/python manage.py sagaflow_demo
 
+# Ratios against a baseline measured in the same run; needs PostgreSQL and Redis.
 bench: $(STAMP)
 	$(BIN)/python bench/step_overhead.py
+	$(BIN)/python bench/relay.py
+	$(BIN)/python bench/idempotency.py
+
+# The chaos suite's long tier: CHAOS_MINUTES of load with every fault kind, again and again,
+# on a private PostgreSQL and Redis; then the control runs, which must find violations
+# (exit 1). Tables and plots go to docs/chaos/.
+CHAOS_MINUTES ?= 15
+CHAOS_SEED ?= 7
+chaos: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[chaos]'
+	$(BIN)/python -m tests.chaos.run --profile long --minutes $(CHAOS_MINUTES) \
+		--seed $(CHAOS_SEED) --out docs/chaos
+	@for p in control control-acks control-publish control-sweeper; do \
+		$(BIN)/python -m tests.chaos.run --profile $$p --seed $(CHAOS_SEED) --out docs/chaos; \
+		echo "$$p: exit $$? (1 = violations found)"; \
+	done
+	@$(BIN)/python -c "import json,sys; sys.exit(json.load(open('docs/chaos/chaos-control.json'))['violations'] == 0)"
 
 clean:
 	rm -rf $(VENV) demo.sqlite3 .pytest_cache
