@@ -44,7 +44,7 @@ from .exceptions import (
 )
 from .faults import fault_point
 from .jsonvalue import ensure_json
-from .models import Saga, SagaStep
+from .models import Saga
 from .transitions import (
     COMPENSATE,
     FORWARD,
@@ -93,7 +93,7 @@ def start(
         correlation_id = outer.correlation_id
 
     with transaction.atomic():
-        saga, created = store.insert_run(
+        saga, first_step_id = store.insert_run(
             name=definition.name,
             key=key,
             data=data,
@@ -101,10 +101,9 @@ def start(
             deadline=definition.deadline,
             step_names=[s.name for s in definition.steps],
         )
-        if created:
+        if first_step_id is not None:
             first = definition.steps[0]
-            step_id = SagaStep.objects.values_list("pk", flat=True).get(saga=saga, index=0)
-            dispatch.send_on_commit(step_id, FORWARD, timeout=timeout_of(first, FORWARD))
+            dispatch.send_on_commit(first_step_id, FORWARD, timeout=timeout_of(first, FORWARD))
             signal_on_commit(signals.saga_started, saga)
             logger.info("saga started", extra=log_extra(saga))
     return saga

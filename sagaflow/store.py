@@ -67,36 +67,46 @@ def insert_run(
     correlation_id: str | None,
     deadline: timedelta | None,
     step_names: Sequence[str],
-) -> tuple[Saga, bool]:
-    """Insert a run and its steps, or return the run already started with ``key``.
+) -> tuple[Saga, int | None]:
+    """Insert a run and its steps; returns it with its first step's id (due now).
 
-    The unique constraint on (name, key) makes concurrent starts with the same key
-    safe: the loser's INSERT waits for the winner's commit, fails, and reads it.
+    With a ``key`` already used for ``name`` the existing run comes back with
+    ``None``: nothing was inserted. The unique constraint on (name, key) makes
+    concurrent starts with the same key safe: the loser's INSERT waits for the
+    winner's commit, fails, and reads the winner's row.
     """
     saga_id = uuid.uuid4()
     fields = {
         "id": saga_id,
+        "name": name,
+        "key": key,
         "data": data,
         "correlation_id": correlation_id or str(saga_id),
         "deadline_at": now_plus(deadline.total_seconds()) if deadline else None,
     }
-    if key is None:
-        saga = Saga.objects.create(name=name, key=None, **fields)
-        created = True
-    else:
-        try:
-            with transaction.atomic():
-                saga = Saga.objects.create(name=name, key=key, **fields)
-            created = True
-        except IntegrityError:
-            saga = Saga.objects.get(name=name, key=key)
-            return saga, False
-    SagaStep.objects.bulk_create(
-        SagaStep(saga=saga, index=i, name=step_name) for i, step_name in enumerate(step_names)
+    try:
+        with transaction.atomic():
+            saga = Saga.objects.create(**fields)
+    except IntegrityError:
+        if key is None:
+            raise
+        return Saga.objects.get(name=name, key=key), None
+    steps = SagaStep.objects.bulk_create(
+        SagaStep(
+            saga=saga,
+            index=i,
+            name=step_name,
+            due_at=Now() if i == 0 else None,
+            dispatched_at=Now() if i == 0 else None,
+        )
+        for i, step_name in enumerate(step_names)
     )
-    SagaStep.objects.filter(saga=saga, index=0).update(due_at=Now(), dispatched_at=Now())
-    saga.refresh_from_db()
-    return saga, created
+    if deadline:
+        saga.refresh_from_db(fields=["deadline_at"])  # computed on the database clock
+    first = steps[0].pk
+    if first is None:  # a backend that cannot return ids from a bulk insert
+        first = SagaStep.objects.values_list("pk", flat=True).get(saga=saga, index=0)
+    return saga, first
 
 
 # --- locking and reading one run ----------------------------------------------------
