@@ -108,7 +108,8 @@ class SagaStep(models.Model):
     compensated_at = models.DateTimeField(null=True, blank=True)
     #: Every attempt, forward and compensation, oldest first: ``phase``, ``attempt``,
     #: ``outcome`` (succeeded, failed, aborted, lost, revoked), ``finished_at``,
-    #: ``duration`` (seconds) and ``error``. Written with the outcome it describes.
+    #: ``duration`` (seconds), ``error`` and, when another try was scheduled,
+    #: ``retry_in`` (seconds). Written with the outcome it describes.
     history = models.JSONField(default=list, blank=True)
 
     class Meta:

@@ -278,6 +278,8 @@ def wait(step: SagaStep, delay: float, error: str, phase: str, step_def: StepDef
     wait in PostgreSQL for the sweeper, since broker ETAs beyond the visibility
     timeout are redelivered again and again."""
     via_broker = delay <= conf.MAX_COUNTDOWN
+    if step.history:  # the attempt just noted: say when the next one is due
+        step.history[-1]["retry_in"] = round(delay, 6)
     store.step_wait(step, delay=delay, error=error, dispatched=via_broker)
     attempt = step.attempts if phase == FORWARD else step.compensation_attempts
     what = "step" if phase == FORWARD else "compensation"
