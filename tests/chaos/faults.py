@@ -1,0 +1,228 @@
+"""The fault catalogue and its seeded schedule.
+
+Each fault is a function that breaks something, waits, and heals what it broke; it
+returns a :class:`FaultRecord` with wall-clock start and end (the shaded interval of
+the plot). Process crashes are healed by the topology's supervisor (a restart).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cluster import PrivatePostgres, PrivateRedis
+from .topology import Topology
+
+#: Named fault points armed in a process's environment (``sagaflow/faults.py``).
+WORKER_POINTS = ("step.after_action", "compensation.after_action")
+RELAY_POINTS = ("relay.after_claim", "relay.after_publish")
+
+ALL_KINDS = (
+    "kill_worker_child",
+    "kill_worker",
+    "stop_worker_past_lease",
+    *(f"point:{p}" for p in WORKER_POINTS + RELAY_POINTS),
+    "redis_stop",
+    "redis_restart_empty",
+    "redis_pause_writes",
+    "pg_restart_fast",
+    "pg_restart_immediate",
+    "pg_terminate_backends",
+    "poison_message",
+)
+
+
+@dataclass
+class FaultRecord:
+    kind: str
+    started: float
+    ended: float = 0.0
+    detail: str = ""
+    fired: bool = True
+    #: The saga a fault aimed at (a frozen step whose late result must be rejected).
+    saga_id: str = ""
+
+    def as_dict(self) -> dict:
+        return {
+            "saga_id": self.saga_id,
+            "kind": self.kind,
+            "started": self.started,
+            "ended": self.ended,
+            "detail": self.detail,
+            "fired": self.fired,
+        }
+
+
+@dataclass
+class Timings:
+    lease: float = 12.0  # the demo's step timeout (10 s) + LEASE_GRACE (2 s)
+    redis_down: float = 30.0
+    redis_pause: float = 10.0
+    point_wait: float = 60.0
+
+
+@dataclass
+class Injector:
+    topology: Topology
+    postgres: PrivatePostgres
+    redis: PrivateRedis
+    dbname: str
+    rng: random.Random
+    timings: Timings
+    log: Callable[[str], None]
+    start_poison: Callable[[], str]
+    #: Starts a ``chaos.slow`` run and returns its id.
+    start_slow: Callable[[], str]
+    pid_dir: Path
+    records: list[FaultRecord] = field(default_factory=list)
+
+    def inject(self, kind: str) -> FaultRecord:
+        record = FaultRecord(kind, time.time())
+        self.log(f"fault {kind}: start")
+        try:
+            if kind.startswith("point:"):
+                self._point(record, kind.removeprefix("point:"))
+            else:
+                getattr(self, "_" + kind)(record)
+        except Exception as exc:  # a fault that could not be injected is reported, not fatal
+            record.fired = False
+            record.detail = f"{record.detail} (injection error: {exc!r})".strip()
+        record.ended = max(time.time(), record.started)
+        self.log(
+            f"fault {kind}: end after {record.ended - record.started:.1f} s; {record.detail}"
+            + ("" if record.fired else " [did not fire]")
+        )
+        self.records.append(record)
+        return record
+
+    # --- processes -------------------------------------------------------------------------
+
+    def _busy_worker(self):
+        workers = [s for s in self.topology.role("worker") if s.alive() and s.children()]
+        if not workers:
+            raise RuntimeError("no live worker with pool children")
+        return self.rng.choice(workers)
+
+    def _kill_worker_child(self, record: FaultRecord) -> None:
+        slot = self._busy_worker()
+        pid = self.rng.choice(slot.children())
+        os.kill(pid, signal.SIGKILL)
+        record.detail = f"SIGKILL pool child {pid} of {slot.name}"
+
+    def _kill_worker(self, record: FaultRecord) -> None:
+        slot = self._busy_worker()
+        with self.topology.held():
+            slot.hold_until = time.monotonic() + 3.0
+            slot.kill()
+        record.detail = f"SIGKILL {slot.name} (main process and children), restarted after 3 s"
+        time.sleep(3.5)
+
+    def _stop_worker_past_lease(self, record: FaultRecord) -> None:
+        """Freeze the worker running a ``chaos.slow`` step past the step's lease.
+
+        Its pool children are thawed first and its main process 4 s later, so the
+        frozen attempt finishes and tries to record its result (while the main process
+        is still stopped it cannot enforce Celery's time limit and kill the child). By
+        then the sweeper has handed the step to another worker: the late result must
+        be rejected.
+        """
+        record.saga_id = self.start_slow()
+        pidfile = self.pid_dir / f"{record.saga_id}.pid"
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not pidfile.exists():
+            raise RuntimeError(f"the slow step of {record.saga_id} did not start in 30 s")
+        pid = int(pidfile.read_text())
+        slot = next(s for s in self.topology.role("worker") if pid in s.children())
+        children = slot.children()
+        pause = self.timings.lease + 4.0
+        slot.signal_group(signal.SIGSTOP)
+        time.sleep(pause)
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGCONT)
+        time.sleep(4.0)
+        slot.signal_group(signal.SIGCONT)
+        record.detail = (
+            f"SIGSTOP {slot.name} (running saga {record.saga_id}'s step in pid {pid}) for "
+            f"{pause:.0f} s, lease {self.timings.lease:.0f} s; children thawed 4 s before main"
+        )
+
+    def _point(self, record: FaultRecord, point: str) -> None:
+        role = "worker" if point in WORKER_POINTS else "relay"
+        slot = self.rng.choice(self.topology.role(role))
+        once = Path(tempfile.mkdtemp(prefix="sagaflow-chaos-once-"))
+        armed = {"SAGAFLOW_FAULTS": f"{point}=kill", "SAGAFLOW_FAULTS_ONCE_DIR": str(once)}
+        self.topology.replace(slot, armed)
+        fired = once / f"{point}.fired"
+        deadline = time.monotonic() + self.timings.point_wait
+        while not fired.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        record.fired = fired.exists()
+        if record.fired:
+            time.sleep(1.0)  # let the crash happen (the file is written just before the kill)
+        self.topology.replace(slot, {})
+        record.detail = f"{point}=kill in {slot.name}"
+        with contextlib.suppress(OSError):
+            fired.unlink()
+            once.rmdir()
+
+    # --- redis -----------------------------------------------------------------------------
+
+    def _redis_stop(self, record: FaultRecord) -> None:
+        self.redis.stop()
+        time.sleep(self.timings.redis_down)
+        self.redis.start()
+        record.detail = f"redis down {self.timings.redis_down:.0f} s, back empty"
+
+    def _redis_restart_empty(self, record: FaultRecord) -> None:
+        queued = 0
+        with contextlib.suppress(Exception):
+            queued = int(self.redis.client().dbsize())
+        self.redis.stop()
+        self.redis.start()
+        record.detail = f"redis restarted without persistence ({queued} keys lost)"
+
+    def _redis_pause_writes(self, record: FaultRecord) -> None:
+        self.redis.pause_writes(self.timings.redis_pause)
+        time.sleep(self.timings.redis_pause)
+        self.redis.unpause()
+        record.detail = f"CLIENT PAUSE WRITE {self.timings.redis_pause:.0f} s"
+
+    # --- postgresql ------------------------------------------------------------------------
+
+    def _pg_restart_fast(self, record: FaultRecord) -> None:
+        self.postgres.restart("fast")
+        record.detail = "pg_ctl restart -m fast"
+
+    def _pg_restart_immediate(self, record: FaultRecord) -> None:
+        self.postgres.restart("immediate")
+        record.detail = "pg_ctl restart -m immediate (crash recovery)"
+
+    def _pg_terminate_backends(self, record: FaultRecord) -> None:
+        n = self.postgres.terminate_backends(self.dbname, 0.5, self.rng)
+        record.detail = f"pg_terminate_backend on {n} client backends"
+
+    # --- workload --------------------------------------------------------------------------
+
+    def _poison_message(self, record: FaultRecord) -> None:
+        record.detail = self.start_poison()
+
+
+def schedule(
+    kinds: list[str], *, seconds: float, warmup: float, tail: float, rng: random.Random
+) -> list[tuple[float, str]]:
+    """Start offsets for ``kinds`` (shuffled) spread over the load, seeded."""
+    order = list(kinds)
+    rng.shuffle(order)
+    span = max(1.0, seconds - warmup - tail)
+    slot = span / max(1, len(order))
+    return [(warmup + i * slot + rng.uniform(0, slot * 0.3), kind) for i, kind in enumerate(order)]
