@@ -195,3 +195,23 @@ def test_per_key_order_holds_with_four_relays_and_random_publish_failures(relays
     for key, order in first_seen.items():
         assert order == sorted(order), f"key {key} published out of order: {order}"
     print(f"failures {sum(s['failed'] for s in stats)}, duplicates {duplicates}")
+
+
+def test_relay_survives_losing_its_database_session(relays, queue):
+    """A PostgreSQL restart ends every session; the long-lived relay must reconnect."""
+    from django.db import connection
+
+    (relay,) = relays(1, OUTBOX_TEST_QUEUE=queue.name)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        (terminated,) = cursor.fetchone()
+    assert terminated >= 1
+    with override_settings(SAGAFLOW=PARENT), transaction.atomic():
+        ids = [sagaflow.publish("order.event", {"n": i}) for i in range(20)]
+    wait_until(lambda: pending() == 0, timeout=60, what=f"the relay to reconnect\n{relay.output()}")
+    assert relay.process.poll() is None, relay.output()  # the same process, still running
+    lost, _ = losses_and_duplicates(ids, received(queue))
+    assert lost == set()

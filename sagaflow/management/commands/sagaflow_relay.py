@@ -15,6 +15,7 @@ import signal
 import time
 from typing import Any
 
+import psycopg
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
@@ -95,6 +96,11 @@ class Command(BaseCommand):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            got = list(connection.connection.notifies(timeout=min(left, 0.5), stop_after=1))
+            try:
+                got = list(connection.connection.notifies(timeout=min(left, 0.5), stop_after=1))
+            except psycopg.Error as exc:
+                # A raw psycopg call, outside Django's error wrapping: translate it so
+                # the loop reconnects instead of the process dying on a restart.
+                raise OperationalError(str(exc)) from exc
             if got:
                 return
