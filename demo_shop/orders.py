@@ -8,6 +8,7 @@ and starts its checkout in one transaction: the saga run (orchestrated) or the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +153,11 @@ def reason_from_saga(saga: Saga) -> str:
         return text.split("Abort: ", 1)[1].split(":", 1)[0].strip()[:100]
     if saga.state == SagaState.FAILED:
         return "compensation_failed"
+    # "step 'schedule_shipping' failed: ..." (the step may itself be compensated
+    # since it is declared compensate_on_failure, so its row no longer says so).
+    named = re.match(r"step '([\w.:-]+)' failed", text)
+    if named:
+        return f"{named.group(1)}_failed"
     if failed is not None:
         return f"{failed.name}_failed"
     return (text.split(":", 1)[0] or "cancelled")[:100]

@@ -8,11 +8,11 @@ Payment is captured only once shipping is scheduled; the non-reversible step
 **Outcome unknown.** A payment or shipping call that times out may have taken
 effect. Each call passes the step's ``ctx.idempotency_key``, so a retry returns
 the first call's result instead of acting twice. If the step runs out of tries
-while the outcome is unknown, sagaflow compensates only the steps *before* it (a
-failed step is not compensated), so the step makes its own effect safe before it
-gives up: it cancels by its key (void, refund, or a tombstone that refuses a late
-request). If even that call fails, ``tasks.reconcile`` cancels charges and
-shipments of cancelled orders from the services' own records later.
+while the outcome is unknown, it is declared ``compensate_on_failure=True``: its
+own compensation runs too, and cancels by the step's key (``ctx.step_key``: void,
+refund, or a tombstone that refuses a late request). If that cancel keeps failing,
+the saga ends ``failed`` and raises the alert, rather than leaving a cancelled
+order with the money held.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import sagaflow
 from sagaflow import Abort, Retry
 
 from . import inventory, notifications, payments, shipping
-from .chaos import Declined, ServiceError
+from .chaos import Declined
 from .models import Order, OrderStatus, Shipment
 
 logger = logging.getLogger("demo_shop.checkout")
@@ -49,16 +49,6 @@ def _ref(ctx) -> str:
     return f"order-{ctx.data['order_id']}"
 
 
-def _give_up_safely(ctx, retry: Retry, cancel) -> None:
-    """On the last try, undo whatever an earlier timed-out try may have done."""
-    if ctx.attempt < retry.attempts:
-        return
-    try:
-        cancel()
-    except ServiceError:
-        logger.warning("could not cancel %s after giving up; reconcile will", ctx.idempotency_key)
-
-
 @checkout.step(retry=LOCAL_RETRY, timeout=10, atomic=True)
 def reserve_stock(ctx):
     try:
@@ -73,66 +63,46 @@ def release_stock(ctx):
     inventory.release(ctx.data["order_id"], reason="compensation")
 
 
-@checkout.step(retry=SERVICE_RETRY, timeout=10)
+@checkout.step(retry=SERVICE_RETRY, timeout=10, compensate_on_failure=True)
 def authorise_payment(ctx):
     order = _order(ctx)
-    key = ctx.idempotency_key
     try:
         charge = payments.authorise(
-            key=key, order_ref=_ref(ctx), customer=order.customer, amount_cents=order.total_cents
+            key=ctx.idempotency_key,
+            order_ref=_ref(ctx),
+            customer=order.customer,
+            amount_cents=order.total_cents,
         )
     except Declined as exc:
         raise Abort(f"payment_declined: {exc}") from exc
-    except ServiceError:
-        _give_up_safely(
-            ctx,
-            SERVICE_RETRY,
-            lambda: payments.cancel(key=key, order_ref=_ref(ctx), customer=order.customer),
-        )
-        raise
     return {"charge_key": charge.key, "amount_cents": charge.amount_cents}
 
 
 @authorise_payment.compensation(retry=UNDO_RETRY)
 def cancel_payment(ctx):
-    # Voids an authorisation, refunds a capture: whatever exists under the key.
+    # Voids an authorisation, refunds a capture: whatever exists under the step's
+    # key, also when the step itself failed with its outcome unknown.
     order = _order(ctx)
-    payments.cancel(
-        key=ctx.results["authorise_payment"]["charge_key"],
-        order_ref=_ref(ctx),
-        customer=order.customer,
-    )
+    payments.cancel(key=ctx.step_key, order_ref=_ref(ctx), customer=order.customer)
 
 
-@checkout.step(retry=SERVICE_RETRY, timeout=10)
+@checkout.step(retry=SERVICE_RETRY, timeout=10, compensate_on_failure=True)
 def schedule_shipping(ctx):
     order = _order(ctx)
-    key = ctx.idempotency_key
     items = sum(line.quantity for line in order.lines.all())
     try:
         shipment = shipping.schedule(
-            key=key, order_ref=_ref(ctx), customer=order.customer, items=items
+            key=ctx.idempotency_key, order_ref=_ref(ctx), customer=order.customer, items=items
         )
     except Declined as exc:
         raise Abort(f"shipping_refused: {exc}") from exc
-    except ServiceError:
-        _give_up_safely(
-            ctx,
-            SERVICE_RETRY,
-            lambda: shipping.cancel(key=key, order_ref=_ref(ctx), customer=order.customer),
-        )
-        raise
     return {"shipment_key": shipment.key}
 
 
 @schedule_shipping.compensation(retry=UNDO_RETRY)
 def cancel_shipment(ctx):
     order = _order(ctx)
-    shipping.cancel(
-        key=ctx.results["schedule_shipping"]["shipment_key"],
-        order_ref=_ref(ctx),
-        customer=order.customer,
-    )
+    shipping.cancel(key=ctx.step_key, order_ref=_ref(ctx), customer=order.customer)
 
 
 @checkout.step(retry=SERVICE_RETRY, timeout=10)

@@ -194,3 +194,19 @@ def test_64_concurrent_checkouts_on_a_stock_of_50_sell_exactly_50(worker):
     assert statuses.count(202) == len(orders)
     assert Product.objects.get(sku="WIDGET").on_hand == 0
     assert_invariants()
+
+
+def test_unknown_outcome_that_cannot_be_cancelled_fails_loudly_not_cancelled(worker):
+    """Found by the chaos suite: authorisation timed out after charging, and the
+    gateway then refused every cancel. The order must not end ``cancelled`` with
+    the money held: the saga ends ``failed`` (the alert) and so does the order."""
+    fresh_shop(stock=10)
+    customer = "stuck-money@shop.test"
+    chaos.arm("payments", "timeout", operation="authorise", customer=customer)
+    chaos.arm("payments", "error", operation="cancel", customer=customer)
+    response = post_checkout(order_body(customer, "orchestrated", quantity=1))
+    assert response.status_code == 202, response.content
+    (order,) = settle([response.json()["order"]["id"]], timeout=90)
+    assert (order.status, order.reason) == ("failed", "compensation_failed")
+    charges = Charge.objects.filter(order_ref=f"order-{order.pk}")
+    assert list(charges.values_list("state", flat=True)) == [ChargeState.AUTHORISED]
