@@ -11,7 +11,7 @@ A handler that raises is rolled back (its savepoint), and the failure is recorde
 on the inbox row with the time of its next try (exponential backoff with jitter,
 in PostgreSQL: C5). The relay's periodic run sends due retries; after the
 consumer's ``Retry.attempts`` tries the row is ``dead`` (dead-lettered: kept,
-visible, re-queueable with ``outbox_store.requeue_dead_inbox``).
+visible, re-queueable with ``inbox_store.requeue_dead_inbox``).
 
 What a handler may assume:
 
@@ -40,7 +40,7 @@ from typing import Any
 
 from django.db import transaction
 
-from . import outbox_store
+from . import inbox_store, outbox_store
 from .conf import conf
 from .exceptions import DefinitionError
 from .retry import Retry
@@ -203,12 +203,12 @@ def deliver(
 
 
 def _crashed_too_often(entry: Consumer, event: Event) -> bool:
-    crashes = outbox_store.inbox_count_crash(entry.name, event.id, event.topic)
+    crashes = inbox_store.inbox_count_crash(entry.name, event.id, event.topic)
     policy = entry.policy()
     if crashes is None or not policy.exhausted(crashes):
         return False
-    outbox_store.inbox_failed(
-        entry.name, event.id, attempts=crashes, dead=True, delay=0, error=outbox_store.CRASHED
+    inbox_store.inbox_failed(
+        entry.name, event.id, attempts=crashes, dead=True, delay=0, error=inbox_store.CRASHED
     )
     logger.error(
         "consumer %s: event %s killed its worker %d time(s); dead-lettered",
@@ -227,7 +227,7 @@ def apply(entry: Consumer, event: Event, *, retry: bool = False) -> str:
     not due and this is not the retry's message).
     """
     with transaction.atomic():
-        seen = outbox_store.inbox_enter(entry.name, event.id, event.topic)
+        seen = inbox_store.inbox_enter(entry.name, event.id, event.topic)
         if not seen.new:
             if seen.state != "failed":
                 return "duplicates"
@@ -240,7 +240,7 @@ def apply(entry: Consumer, event: Event, *, retry: bool = False) -> str:
             attempts = seen.attempts + 1
             policy = entry.policy()
             dead = policy.exhausted(attempts)
-            outbox_store.inbox_failed(
+            inbox_store.inbox_failed(
                 entry.name,
                 event.id,
                 attempts=attempts,
@@ -260,7 +260,7 @@ def apply(entry: Consumer, event: Event, *, retry: bool = False) -> str:
             )
             return "dead" if dead else "failed"
         if not seen.new:
-            outbox_store.inbox_processed(entry.name, event.id)
+            inbox_store.inbox_processed(entry.name, event.id)
     return "applied"
 
 
@@ -274,7 +274,7 @@ def redeliver_due(limit: int | None = None) -> int:
     from .tasks import deliver_events
 
     with transaction.atomic():
-        due = outbox_store.take_due_retries(
+        due = inbox_store.take_due_retries(
             int(limit or conf.SWEEP_BATCH_SIZE), float(conf.CONSUMER_REDELIVER_AFTER)
         )
     if not due:
@@ -320,7 +320,7 @@ def redeliver_unconsumed(limit: int | None = None) -> int:
     sent = 0
     for entry in list(_by_name.values()):
         with transaction.atomic():
-            ids = outbox_store.take_unconsumed(
+            ids = inbox_store.take_unconsumed(
                 entry.name,
                 entry.topic,
                 settle=float(conf.CONSUMER_REDELIVER_AFTER),

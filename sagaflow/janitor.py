@@ -7,7 +7,7 @@ only sequences them and reports counts, so adding a kind is one line.
 
 from __future__ import annotations
 
-from . import idempotency_store, outbox_store
+from . import idempotency_store, inbox_store, outbox_store
 from .conf import conf
 
 
@@ -25,5 +25,5 @@ def clean() -> dict[str, int]:
         # Published events and processed/dead inbox rows past their retention;
         # pending and dead events and failed inbox rows are never deleted.
         "outbox_events": outbox_store.purge_published(batch_size, float(conf.OUTBOX_RETENTION)),
-        "inbox_messages": outbox_store.purge_inbox(batch_size, float(conf.INBOX_RETENTION)),
+        "inbox_messages": inbox_store.purge_inbox(batch_size, float(conf.INBOX_RETENTION)),
     }

@@ -261,7 +261,7 @@ class InboxMessage(models.Model):
     """One event as seen by one consumer: processed (its writes committed with this
     row), failed (a retry is due at ``available_at``) or dead (retries exhausted).
 
-    Written only by ``consumers.py`` through ``outbox_store.py``. The unique
+    Written only by ``consumers.py`` through ``inbox_store.py``. The unique
     (consumer, message_id) pair is what makes a duplicate delivery a no-op.
     """
 

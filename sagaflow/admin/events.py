@@ -1,7 +1,7 @@
 """Admin for the outbox, the consumers' inbox and idempotency keys.
 
 Read-only but for re-queueing dead events and dead handler runs, each a call into
-``outbox_store`` under the ``sagaflow.requeue_outboxevent`` permission.
+``outbox_store`` and ``inbox_store`` under the ``sagaflow.requeue_outboxevent`` permission.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.translation import ngettext
 
-from .. import outbox_store
+from .. import inbox_store, outbox_store
 from ..models import IdempotencyKey, InboxMessage, OutboxEvent
 from .common import ReadOnlyMixin, json_block
 
@@ -124,7 +124,7 @@ class InboxMessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
             self,
             request,
             queryset,
-            outbox_store.requeue_dead_inbox,
+            inbox_store.requeue_dead_inbox,
             "%(count)d dead handler run re-queued.",
             "%(count)d dead handler runs re-queued.",
         )

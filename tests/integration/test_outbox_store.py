@@ -9,7 +9,7 @@ from django.db import transaction
 from django.test import override_settings
 
 import sagaflow
-from sagaflow import consumers, janitor, outbox_store, relay
+from sagaflow import consumers, inbox_store, janitor, outbox_store, relay
 from sagaflow.context import Execution, executing
 from sagaflow.models import InboxMessage, InboxState, OutboxEvent, OutboxState
 from sagaflow.testing import armed_fault
@@ -235,7 +235,7 @@ def test_failing_handler_rolls_back_retries_then_dead_letters():
     assert (row.state, row.attempts) == (InboxState.DEAD, 3)
     assert "refuses event 99" in row.last_error
     assert not Receipt.objects.filter(consumer="outboxapp.flaky").exists()  # rolled back
-    assert outbox_store.requeue_dead_inbox() == 1
+    assert inbox_store.requeue_dead_inbox() == 1
     ok = _message(99, topic=sagas.FLAKY, payload={"fail": False})
     assert consumers.deliver([ok], retry=True).applied == 1
     row.refresh_from_db()
@@ -253,10 +253,10 @@ def test_failed_handler_waits_for_its_retry_time_unless_it_is_the_retry():
             available_at=InboxMessage.objects.get().created_at.replace(year=2999)
         )
         assert consumers.deliver([message]).deferred == 1
-        assert outbox_store.take_due_retries(10, 60) == []
+        assert inbox_store.take_due_retries(10, 60) == []
         InboxMessage.objects.update(available_at=InboxMessage.objects.get().created_at)
-        assert outbox_store.take_due_retries(10, 60) == [("outboxapp.flaky", 5)]
-        assert outbox_store.take_due_retries(10, 60) == []  # stamped as sent
+        assert inbox_store.take_due_retries(10, 60) == [("outboxapp.flaky", 5)]
+        assert inbox_store.take_due_retries(10, 60) == []  # stamped as sent
 
 
 @pytest.mark.django_db
