@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from .models import FaultMode, FaultRule
+from .models import FaultMode, FaultRule, ServiceRequest
 from .routers import SERVICES
 
 
@@ -75,3 +75,25 @@ def decide(service: str, operation: str, customer: str) -> str | None:
             raise Unavailable(f"{service} went down for {rule.down_for:g} s")
         return rule.mode
     return None
+
+
+def log_request(service: str, operation: str, key: str, order_ref: str, outcome: str) -> None:
+    """One line of a fake service's request log (what the invariants are checked on)."""
+    ServiceRequest.objects.create(
+        service=service, operation=operation, key=key, order_ref=order_ref, outcome=outcome
+    )
+
+
+def fault_for(service: str, operation: str, key: str, order_ref: str, customer: str) -> str | None:
+    """The fault this request meets: ``down`` and ``error`` are raised (and logged)
+    here, before the service acts; ``decline`` and ``timeout`` are returned for the
+    service to act out."""
+    try:
+        mode = decide(service, operation, customer)
+    except Unavailable:
+        log_request(service, operation, key, order_ref, "down")
+        raise
+    if mode == "error":
+        log_request(service, operation, key, order_ref, "error")
+        raise ServerError(f"{service} {operation}: HTTP 500")
+    return mode

@@ -20,29 +20,19 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 
 from . import chaos
-from .chaos import Declined, ServerError, Timeout
-from .models import Charge, ChargeState, ServiceRequest
+from .chaos import Declined, Timeout
+from .models import Charge, ChargeState
 from .routers import SERVICES
 
 SERVICE = "payments"
 
 
 def _log(operation: str, key: str, order_ref: str, outcome: str) -> None:
-    ServiceRequest.objects.create(
-        service=SERVICE, operation=operation, key=key, order_ref=order_ref, outcome=outcome
-    )
+    chaos.log_request(SERVICE, operation, key, order_ref, outcome)
 
 
 def _fault(operation: str, key: str, order_ref: str, customer: str) -> str | None:
-    try:
-        mode = chaos.decide(SERVICE, operation, customer)
-    except chaos.Unavailable:
-        _log(operation, key, order_ref, "down")
-        raise
-    if mode == "error":
-        _log(operation, key, order_ref, "error")
-        raise ServerError(f"payments {operation}: HTTP 500")
-    return mode
+    return chaos.fault_for(SERVICE, operation, key, order_ref, customer)
 
 
 def _locked(key: str) -> Charge | None:

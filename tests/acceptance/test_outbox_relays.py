@@ -19,8 +19,9 @@ from django.test import override_settings
 import sagaflow
 from sagaflow import outbox_store
 from sagaflow.models import OutboxEvent, OutboxState
-from tests.outboxapp.broker import BrokerQueue, PrivateRedis
+from tests.outboxapp.broker import BrokerQueue
 from tests.processes import ROOT, Relay, child_env, wait_until
+from tests.services import PrivateRedis
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 

@@ -17,7 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cluster import PrivatePostgres, PrivateRedis
+from tests.services import PrivateRedis
+
+from .cluster import PrivatePostgres
 from .topology import Topology
 
 #: Named fault points armed in a process's environment (``sagaflow/faults.py``).

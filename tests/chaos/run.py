@@ -28,8 +28,10 @@ from pathlib import Path
 
 import psycopg
 
+from tests.services import PrivateRedis, free_port
+
 from . import faults as faults_mod
-from .cluster import PrivatePostgres, PrivateRedis, free_port
+from .cluster import PrivatePostgres
 from .faults import ALL_KINDS, Injector, Timings
 from .load import CATALOGUE, STEP_FAILS, LoadGenerator
 from .topology import ROOT, Topology

@@ -1,17 +1,11 @@
-"""The broker side of outbox tests: read what relays put on a queue, and a
-private Redis server a test may stop and start (never the shared one)."""
+"""The broker side of outbox tests: read what relays put on a queue. A private
+Redis server a test may stop and start is ``tests.services.PrivateRedis``."""
 
 from __future__ import annotations
 
 import base64
 import json
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
-from pathlib import Path
 
 import redis
 
@@ -47,61 +41,3 @@ class BrokerQueue:
     def close(self) -> None:
         self.client.delete(self.name)
         self.client.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivateRedis:
-    """A throw-away ``redis-server`` (no persistence) on a free port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="sagaflow-redis-"))
-        self.process: subprocess.Popen | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                redis.Redis(port=self.port, socket_timeout=1).ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("private redis-server did not start") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
