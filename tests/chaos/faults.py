@@ -137,13 +137,17 @@ class Injector:
         """
         record.saga_id = self.start_slow()
         pidfile = self.pid_dir / f"{record.saga_id}.pid"
-        deadline = time.monotonic() + 30
+        # Generous: after a worker kill or a broker outage the step may wait behind
+        # a backlog before a worker takes it.
+        deadline = time.monotonic() + 120
         while not pidfile.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         if not pidfile.exists():
-            raise RuntimeError(f"the slow step of {record.saga_id} did not start in 30 s")
+            raise RuntimeError(f"the slow step of {record.saga_id} did not start in 120 s")
         pid = int(pidfile.read_text())
-        slot = next(s for s in self.topology.role("worker") if pid in s.children())
+        slot = next((s for s in self.topology.role("worker") if pid in s.children()), None)
+        if slot is None:
+            raise RuntimeError(f"no running worker owns pid {pid} (restarted meanwhile?)")
         children = slot.children()
         pause = self.timings.lease + 4.0
         slot.signal_group(signal.SIGSTOP)
