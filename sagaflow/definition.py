@@ -163,8 +163,14 @@ class StepDefinition:
 class SagaDefinition:
     """A named sequence of steps; create it with :func:`sagaflow.define`."""
 
-    def __init__(self, name: str, *, deadline: timedelta | None, module: str) -> None:
+    def __init__(
+        self, name: str, *, deadline: timedelta | None, module: str, local_steps: bool = False
+    ) -> None:
         self.name = _check_name("Saga", name)
+        if not isinstance(local_steps, bool):
+            raise DefinitionError(
+                f"Saga {name!r}: local_steps={local_steps!r} must be True or False."
+            )
         if deadline is not None and (
             not isinstance(deadline, timedelta) or deadline <= timedelta(0)
         ):
@@ -173,6 +179,7 @@ class SagaDefinition:
             )
         self.deadline = deadline
         self.module = module
+        self.local_steps = local_steps
         self.steps: list[StepDefinition] = []
 
     def __repr__(self) -> str:
@@ -252,9 +259,17 @@ class SagaDefinition:
         return start(self, data, key=key, correlation_id=correlation_id)
 
 
-def define(name: str, *, deadline: timedelta | None = None) -> SagaDefinition:
-    """Create and register a saga definition (call it at module level in ``sagas.py``)."""
+def define(
+    name: str, *, deadline: timedelta | None = None, local_steps: bool = False
+) -> SagaDefinition:
+    """Create and register a saga definition (call it at module level in ``sagas.py``).
+
+    ``local_steps=True`` runs each step that follows a recorded one in the same
+    Celery task, right after the record's commit (which also claims it), instead of
+    sending it to the broker: one commit and no broker hop per step, at the price of
+    one worker process carrying the run from start to end. See the README.
+    """
     caller = sys._getframe(1).f_globals.get("__name__", "?")
-    definition = SagaDefinition(name, deadline=deadline, module=caller)
+    definition = SagaDefinition(name, deadline=deadline, module=caller, local_steps=local_steps)
     registry.register(definition)
     return definition

@@ -29,7 +29,7 @@ from typing import Any
 
 from django.db import transaction
 
-from . import dispatch, signals, store
+from . import continuation, dispatch, signals, store
 from .conf import conf
 from .context import Execution, current_execution, executing
 from .definition import Context, SagaDefinition, StepDefinition, StepFunction
@@ -44,7 +44,7 @@ from .exceptions import (
 )
 from .faults import fault_point
 from .jsonvalue import ensure_json
-from .models import Saga
+from .models import Saga, SagaStep
 from .transitions import (
     COMPENSATE,
     FORWARD,
@@ -54,6 +54,7 @@ from .transitions import (
     record,
     resolve,
     signal_on_commit,
+    task_time_limit,
     timeout_of,
 )
 
@@ -103,7 +104,7 @@ def start(
         )
         if first_step_id is not None:
             first = definition.steps[0]
-            dispatch.send_on_commit(first_step_id, FORWARD, timeout=timeout_of(first, FORWARD))
+            dispatch.send_on_commit(first_step_id, FORWARD, timeout=task_time_limit(first, FORWARD))
             signal_on_commit(signals.saga_started, saga)
             logger.info("saga started", extra=log_extra(saga))
     return saga
@@ -127,27 +128,43 @@ def execute(step_id: int, phase: str) -> None:
     """Run one attempt of step ``step_id`` in ``phase`` if it is still due.
 
     Safe to call any number of times for the same message: a duplicate finds the
-    step leased or finished and does nothing.
+    step leased or finished and does nothing. For a saga with local steps, the
+    attempts that follow run here too, each claimed by its predecessor's record.
     """
     claim = _claim(step_id, phase, uuid.uuid4())
-    if claim is None:
-        return
+    while claim is not None:
+        claim = _attempt(claim)
+
+
+def _attempt(claim: Claim) -> Claim | None:
+    """Run and record one claimed attempt; returns the local attempt it claimed, if any."""
     fault_point("step.after_claim")
-    if phase == FORWARD and claim.step_def.atomic:
-        with transaction.atomic():
-            step = store.lock_step(step_id)
-            if step is None or not store.holds_lease(step, claim.token, phase):
-                _reject_stale(claim)
-                return
-            outcome = _run(claim, _function(claim), savepoint=True)
-            fault_point("step.after_action")  # a crash here rolls the step's writes back
-            record(step, phase, claim.step_def, outcome)
-        fault_point("step.after_record")
-        return
-    outcome = _run(claim, _function(claim), savepoint=False)
-    fault_point("step.after_action" if phase == FORWARD else "compensation.after_action")
-    if _record_if_current(claim, outcome):
-        fault_point("step.after_record")
+    with continuation.accepting() as following:
+        if claim.phase == FORWARD and claim.step_def.atomic:
+            with transaction.atomic():
+                step = store.lock_step(claim.step_id)
+                if step is None or not store.holds_lease(step, claim.token, claim.phase):
+                    _reject_stale(claim)
+                    return None
+                outcome = _run(claim, _function(claim), savepoint=True)
+                fault_point("step.after_action")  # a crash here rolls the step's writes back
+                record(step, claim.phase, claim.step_def, outcome)
+        else:
+            outcome = _run(claim, _function(claim), savepoint=False)
+            fault_point(
+                "step.after_action" if claim.phase == FORWARD else "compensation.after_action"
+            )
+            if not _record_if_current(claim, outcome):
+                return None
+    fault_point("step.after_record")
+    if not following:
+        return None
+    local = following[0]
+    step_def = claim.definition.steps[local.step.index]
+    context = _context(local.step.saga, local.step, local.phase, local.attempt)
+    return Claim(
+        local.step.pk, local.phase, local.token, local.attempt, claim.definition, step_def, context
+    )
 
 
 def _record_if_current(claim: Claim, outcome: Outcome) -> bool:
@@ -192,7 +209,12 @@ def _claim(step_id: int, phase: str, token: uuid.UUID) -> Claim | None:
             return None
         lease = timeout_of(step_def, phase) + conf.LEASE_GRACE
         attempt = store.claim(step, phase, token, lease)
-    context = Context(
+    context = _context(saga, step, phase, attempt)
+    return Claim(step_id, phase, token, attempt, definition, step_def, context)
+
+
+def _context(saga: Saga, step: SagaStep, phase: str, attempt: int) -> Context:
+    return Context(
         saga_id=saga.id,
         saga_name=saga.name,
         step=step.name,
@@ -204,7 +226,6 @@ def _claim(step_id: int, phase: str, token: uuid.UUID) -> Claim | None:
         correlation_id=saga.correlation_id,
         compensating=phase == COMPENSATE,
     )
-    return Claim(step_id, phase, token, attempt, definition, step_def, context)
 
 
 def idempotency_key(saga_id: uuid.UUID, index: int, name: str, phase: str) -> str:

@@ -26,6 +26,7 @@ from .transitions import (
     forward_failed,
     log_extra,
     resolve,
+    task_time_limit,
     timeout_of,
 )
 
@@ -81,7 +82,7 @@ def enforce_deadline(saga_id: uuid.UUID) -> bool:
 def redispatch(item: store.Redispatch) -> None:
     try:
         step_def = get_definition(item.saga_name).steps[item.index]
-        timeout = timeout_of(step_def, item.phase)
+        timeout = task_time_limit(step_def, item.phase)
     except (UnknownSagaError, IndexError):
         timeout = conf.DEFAULT_STEP_TIMEOUT  # the claim will stop the run with a clear error
     dispatch.send(item.step_id, item.phase, timeout=timeout)

@@ -15,7 +15,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from . import dispatch, machine, signals, store
+from . import continuation, dispatch, machine, signals, store
 from .conf import conf
 from .definition import SagaDefinition, StepDefinition
 from .exceptions import DefinitionMismatchError
@@ -223,7 +223,7 @@ def continue_compensation(saga: Saga, definition: SagaDefinition, *, below: int)
         logger.info("saga compensated", extra=log_extra(saga))
         signal_on_commit(signals.saga_compensated, saga)
         return
-    step = SagaStep.objects.get(saga=saga, index=index)
+    step = store.step_at(saga, index)
     saga.current_step = index
     store.save_saga(saga, "current_step")
     schedule_attempt(step, StepState.COMPENSATING, COMPENSATE, definition)
@@ -232,13 +232,22 @@ def continue_compensation(saga: Saga, definition: SagaDefinition, *, below: int)
 def schedule_attempt(
     step: SagaStep, state: str, phase: str, definition: SagaDefinition | None = None
 ) -> None:
-    """Make ``step`` due now in ``state`` and send its message after commit."""
-    store.schedule_now(step, state)
+    """Make ``step`` due now in ``state`` and send its message after commit.
+
+    For a saga with local steps, the running task claims it instead (see
+    ``continuation``): it runs right after this transaction commits.
+    """
     steps = (definition or get_definition(step.saga.name)).steps
     # A stored step the code no longer has is stopped with a clear error at its claim.
+    step_def = steps[step.index] if step.index < len(steps) else None
+    if step_def is not None and step_def.name == step.name and step_def.saga.local_steps:
+        lease = timeout_of(step_def, phase) + conf.LEASE_GRACE
+        if continuation.offer(step, state, phase, lease):
+            return
+    store.schedule_now(step, state)
     timeout = (
-        timeout_of(steps[step.index], phase)
-        if step.index < len(steps)
+        task_time_limit(step_def, phase)
+        if step_def is not None
         else float(conf.DEFAULT_STEP_TIMEOUT)
     )
     dispatch.send_on_commit(step.pk, phase, timeout=timeout)
@@ -288,7 +297,7 @@ def wait(step: SagaStep, delay: float, error: str, phase: str, step_def: StepDef
     )
     if via_broker:
         dispatch.send_on_commit(
-            step.pk, phase, countdown=delay, timeout=timeout_of(step_def, phase)
+            step.pk, phase, countdown=delay, timeout=task_time_limit(step_def, phase)
         )
 
 
@@ -302,6 +311,22 @@ def timeout_of(step_def: StepDefinition, phase: str) -> float:
     if phase == COMPENSATE and step_def.compensation_def and step_def.compensation_def.timeout:
         return step_def.compensation_def.timeout
     return step_def.timeout or float(conf.DEFAULT_STEP_TIMEOUT)
+
+
+def task_time_limit(step_def: StepDefinition, phase: str) -> float:
+    """The soft time limit of the task that starts this attempt.
+
+    The step's own timeout; but a task of a saga with local steps may go on to run
+    every later step and compensation, so it gets the sum of their timeouts. There
+    a step that overruns is taken over when its lease (timeout + grace) expires.
+    """
+    definition = step_def.saga
+    if not definition.local_steps:
+        return timeout_of(step_def, phase)
+    return sum(
+        timeout_of(s, FORWARD) + (timeout_of(s, COMPENSATE) if s.has_compensation else 0.0)
+        for s in definition.steps
+    )
 
 
 def retry_of(step_def: StepDefinition, phase: str) -> Retry:

@@ -66,6 +66,23 @@ def test_worker_child_sigkilled_mid_step(workers):
     assert Call.objects.filter(saga_id=saga.id, kind="compensation").count() == 0
 
 
+def test_local_steps_worker_child_sigkilled_mid_run(workers):
+    """The task that carries a local run dies in its third step: the step's lease
+    (claimed by the second step's record) expires, and the run goes on elsewhere."""
+    workers(concurrency=1)
+    saga = sagas.local_chain.start({"sleep": {"l2": 60}})
+    call = first_call(saga, "l2")
+    os.kill(call.pid, signal.SIGKILL)
+
+    settle(saga)
+    assert saga.state == SagaState.COMPLETED
+    steps = {s.name: s for s in SagaStep.objects.filter(saga=saga)}
+    assert {name: s.attempts for name, s in steps.items()} == {"l0": 1, "l1": 1, "l2": 2, "l3": 1}
+    assert [h["outcome"] for h in steps["l2"].history] == ["lost", "succeeded"]
+    assert Call.objects.filter(saga_id=saga.id, step="l0").count() == 1  # not redone
+    assert all(e.requests == 1 for e in Effect.objects.filter(saga_id=saga.id))
+
+
 def test_whole_worker_killed_mid_step_is_recovered_by_another(workers):
     doomed = workers(concurrency=1)
     saga = sagas.crashable.start({"sleep": {"charge": 60}})

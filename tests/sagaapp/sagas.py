@@ -73,6 +73,9 @@ def _make_chain(name: str, steps: list[str], **kwargs):
 
 chain = _make_chain("chain", ["s0", "s1", "s2", "s3"])
 
+# The same chain, its steps run one after another in the task that ran the first.
+local_chain = _make_chain("local_chain", ["l0", "l1", "l2", "l3"], local_steps=True)
+
 # A short deadline; its second step sleeps past it.
 deadline_chain = _make_chain("deadline_chain", ["d0", "d1", "d2"], deadline=timedelta(seconds=3))
 
