@@ -30,6 +30,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Now
 
+from . import rows
 from .models import Saga, SagaState, SagaStep, StepState
 
 FORWARD = "forward"
@@ -120,17 +121,36 @@ def lock_step(step_id: int) -> SagaStep | None:
     the step row as it was before the lock holder's commit (READ COMMITTED re-checks
     only the locked row), and two workers could claim the same attempt.
     """
-    saga_id = SagaStep.objects.filter(pk=step_id).values("saga_id")
-    saga = lock_saga(Subquery(saga_id))
-    if saga is None:
-        return None
-    step = SagaStep.objects.annotate(db_now=Now()).filter(pk=step_id).order_by().first()
+    if rows.native():
+        sagas = rows.select(
+            Saga,
+            "id = (SELECT saga_id FROM sagaflow_sagastep WHERE id = %s)",
+            [step_id],
+            FOR_UPDATE,
+        )
+        if not sagas:
+            return None
+        steps = rows.select(SagaStep, "id = %s", [step_id])
+        step = steps[0] if steps else None
+        saga = sagas[0]
+    else:
+        saga_id = SagaStep.objects.filter(pk=step_id).values("saga_id")
+        saga = lock_saga(Subquery(saga_id))
+        if saga is None:
+            return None
+        step = SagaStep.objects.annotate(db_now=Now()).filter(pk=step_id).order_by().first()
     if step is not None:
         step.saga = saga
     return step
 
 
+FOR_UPDATE = "FOR UPDATE"
+
+
 def lock_saga(saga_id: uuid.UUID | Subquery) -> Saga | None:
+    if rows.native() and not isinstance(saga_id, Subquery):
+        found = rows.select(Saga, "id = %s", [saga_id], FOR_UPDATE)
+        return found[0] if found else None
     return (
         Saga.objects.select_for_update()
         .annotate(db_now=Now())
@@ -142,7 +162,13 @@ def lock_saga(saga_id: uuid.UUID | Subquery) -> Saga | None:
 
 def steps_of(saga: Saga) -> list[SagaStep]:
     """The run's steps, read after its lock (``db_now``: this statement's time)."""
-    return list(SagaStep.objects.filter(saga=saga).annotate(db_now=Now()).order_by("index"))
+    if rows.native():
+        found = rows.select(SagaStep, "saga_id = %s", [saga.pk], 'ORDER BY "index"')
+    else:
+        found = list(SagaStep.objects.filter(saga=saga).annotate(db_now=Now()).order_by("index"))
+    for step in found:
+        step.saga = saga
+    return found
 
 
 def holds_lease(step: SagaStep, token: uuid.UUID, phase: str) -> bool:
@@ -171,24 +197,29 @@ def is_claimable(step: SagaStep, phase: str) -> bool:
 # --- step transitions (caller holds the saga lock) ----------------------------------
 
 
-def claim(step: SagaStep, phase: str, token: uuid.UUID, lease_seconds: float) -> int:
-    """Start an attempt; returns its number (1-based)."""
+def claim(
+    step: SagaStep, phase: str, token: uuid.UUID, lease_seconds: float, state: str | None = None
+) -> int:
+    """Start an attempt (moving the step to ``state`` first); returns its number (1-based)."""
     step.lease_token = token
-    step.lease_expires_at = now_plus(lease_seconds)
+    step.lease_expires_at = rows.NowPlus(lease_seconds)
     step.due_at = None
     step.dispatched_at = None
     fields = ["lease_token", "lease_expires_at", "due_at", "dispatched_at"]
+    if state is not None:
+        step.state = state
+        fields.append("state")
     if phase == FORWARD:
         step.state = StepState.RUNNING
         step.attempts += 1
         step.started_at = Now()
-        fields += ["state", "attempts", "started_at"]
+        fields += ["attempts", "started_at", *(["state"] if state is None else [])]
         attempt = step.attempts
     else:
         step.compensation_attempts += 1
         fields += ["compensation_attempts"]
         attempt = step.compensation_attempts
-    step.save(update_fields=fields)
+    rows.update(step, fields)
     return attempt
 
 
@@ -205,7 +236,7 @@ def step_succeeded(step: SagaStep, result: Any) -> None:
     step.result = result
     step.error = ""
     step.finished_at = Now()
-    step.save(update_fields=[*fields, "state", "result", "error", "finished_at"])
+    rows.update(step, [*fields, "state", "result", "error", "finished_at"])
 
 
 def step_compensated(step: SagaStep) -> None:
@@ -213,7 +244,7 @@ def step_compensated(step: SagaStep) -> None:
     step.state = StepState.COMPENSATED
     step.error = ""
     step.compensated_at = Now()
-    step.save(update_fields=[*fields, "state", "error", "compensated_at"])
+    rows.update(step, [*fields, "state", "error", "compensated_at"])
 
 
 def step_wait(step: SagaStep, *, delay: float, error: str, dispatched: bool) -> None:
@@ -222,9 +253,9 @@ def step_wait(step: SagaStep, *, delay: float, error: str, dispatched: bool) -> 
     if step.state == StepState.RUNNING:
         step.state = StepState.PENDING
     step.error = error
-    step.due_at = now_plus(delay)
-    step.dispatched_at = now_plus(delay) if dispatched else None
-    step.save(update_fields=[*fields, "state", "error", "due_at", "dispatched_at"])
+    step.due_at = rows.NowPlus(delay)
+    step.dispatched_at = rows.NowPlus(delay) if dispatched else None
+    rows.update(step, [*fields, "state", "error", "due_at", "dispatched_at"])
 
 
 def step_gave_up(step: SagaStep, *, error: str, interrupted: bool | None = None) -> None:
@@ -240,12 +271,12 @@ def step_gave_up(step: SagaStep, *, error: str, interrupted: bool | None = None)
     step.error = error
     step.due_at = None
     step.dispatched_at = None
-    step.save(update_fields=[*fields, "error", "due_at", "dispatched_at"])
+    rows.update(step, [*fields, "error", "due_at", "dispatched_at"])
 
 
 def mark_interrupted(step: SagaStep) -> None:
     step.interrupted = True
-    step.save(update_fields=["interrupted"])
+    rows.update(step, ["interrupted"])
 
 
 def schedule_now(step: SagaStep, state: str) -> None:
@@ -253,15 +284,33 @@ def schedule_now(step: SagaStep, state: str) -> None:
     step.state = state
     step.due_at = Now()
     step.dispatched_at = Now()
-    step.save(update_fields=["state", "due_at", "dispatched_at"])
+    rows.update(step, ["state", "due_at", "dispatched_at"])
 
 
 def next_step(step: SagaStep) -> SagaStep | None:
-    return SagaStep.objects.filter(saga_id=step.saga_id, index=step.index + 1).first()
+    return _step_at(step.saga, step.index + 1)
+
+
+def step_at(saga: Saga, index: int) -> SagaStep:
+    step = _step_at(saga, index)
+    if step is None:
+        raise SagaStep.DoesNotExist(f"saga {saga.pk} has no step {index}")
+    return step
+
+
+def _step_at(saga: Saga, index: int) -> SagaStep | None:
+    if rows.native():
+        found = rows.select(SagaStep, 'saga_id = %s AND "index" = %s', [saga.pk, index])
+        step = found[0] if found else None
+    else:
+        step = SagaStep.objects.filter(saga_id=saga.pk, index=index).first()
+    if step is not None:
+        step.saga = saga  # the locked row, not a fresh read
+    return step
 
 
 def save_saga(saga: Saga, *fields: str) -> None:
-    saga.save(update_fields=[*fields, "updated_at"])
+    rows.update(saga, [*fields, "updated_at"])
 
 
 def finish_saga(saga: Saga, state: str, error: str = "", also: Sequence[str] = ()) -> None:
