@@ -29,7 +29,7 @@ from typing import Any
 
 from django.db import transaction
 
-from . import continuation, dispatch, signals, store
+from . import continuation, dispatch, rows, signals, store
 from .conf import conf
 from .context import Execution, current_execution, executing
 from .definition import Context, SagaDefinition, StepDefinition, StepFunction
@@ -142,13 +142,14 @@ def _attempt(claim: Claim) -> Claim | None:
     with continuation.accepting() as following:
         if claim.phase == FORWARD and claim.step_def.atomic:
             with transaction.atomic():
-                step = store.lock_step(claim.step_id)
+                step = store.lock_step(claim.step_id, with_next=True)
                 if step is None or not store.holds_lease(step, claim.token, claim.phase):
                     _reject_stale(claim)
                     return None
                 outcome = _run(claim, _function(claim), savepoint=True)
                 fault_point("step.after_action")  # a crash here rolls the step's writes back
-                record(step, claim.phase, claim.step_def, outcome)
+                with rows.batched_writes():
+                    record(step, claim.phase, claim.step_def, outcome)
         else:
             outcome = _run(claim, _function(claim), savepoint=False)
             fault_point(
@@ -170,11 +171,12 @@ def _attempt(claim: Claim) -> Claim | None:
 def _record_if_current(claim: Claim, outcome: Outcome) -> bool:
     """Record the outcome of a non-atomic attempt unless its lease was lost meanwhile."""
     with transaction.atomic():
-        step = store.lock_step(claim.step_id)
+        step = store.lock_step(claim.step_id, with_next=True)
         if step is None or not store.holds_lease(step, claim.token, claim.phase):
             _reject_stale(claim)
             return False
-        record(step, claim.phase, claim.step_def, outcome)
+        with rows.batched_writes():
+            record(step, claim.phase, claim.step_def, outcome)
     return True
 
 
@@ -186,7 +188,7 @@ def _function(claim: Claim) -> StepFunction:
 
 
 def _claim(step_id: int, phase: str, token: uuid.UUID) -> Claim | None:
-    with transaction.atomic():
+    with transaction.atomic(), rows.batched_writes():
         store.relax_durability()
         step = store.lock_step(step_id)
         if step is None or not store.is_claimable(step, phase):

@@ -4,16 +4,22 @@ Building an ORM query costs more than running it: in a no-op step the engine spe
 about 0.6 ms of Python per statement against 0.04 ms in PostgreSQL. These helpers
 write the SQL once per model and field set, and turn rows into model instances
 with the fields' own converters, so callers keep working with ``Saga`` and
-``SagaStep`` objects. On other databases (SQLite in the demo) they fall back to
-the ORM; the SQL here is PostgreSQL's.
+``SagaStep`` objects. Statements go in as few round trips as their order allows
+(psycopg's pipeline mode): on a busy 2-core machine each round trip costs about a
+third of a millisecond, more than the statement. They bypass Django's query log.
+On other databases (SQLite in the demo) they fall back to the ORM; the SQL here is
+PostgreSQL's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from functools import cache
 from typing import Any, TypeVar
 
+import psycopg
 from django.db import connection
 from django.db.models import Model
 from django.db.models.functions import Now
@@ -42,18 +48,73 @@ def _columns(model: type[Model]) -> tuple[str, list[str]]:
     return columns, [f.attname for f in fields]
 
 
+Query = tuple[type[Model], str, Sequence[Any], str]
+
+
 def select(model: type[M], where: str, params: Sequence[Any], suffix: str = "") -> list[M]:
     """Instances of ``model`` for ``SELECT … WHERE where suffix``; each carries ``db_now``
     (this statement's time, as the ORM's ``annotate(db_now=Now())`` would)."""
-    columns, attnames = _columns(model)
-    sql = (
-        f"SELECT {columns}, STATEMENT_TIMESTAMP() FROM {model._meta.db_table}"
-        f" WHERE {where} {suffix}"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    return [_instance(model, attnames, row) for row in rows]
+    return select_many([(model, where, params, suffix)])[0]
+
+
+def select_many(queries: Sequence[Query]) -> list[list[Any]]:
+    """Run several selects (after any batched writes) in one round trip, in order.
+
+    The server runs them one after another, each with its own snapshot, so a read
+    that follows a ``FOR UPDATE`` sees the rows as they are once the lock is held.
+    """
+    statements = []
+    for model, where, params, suffix in queries:
+        columns, _ = _columns(model)
+        sql = (
+            f"SELECT {columns}, STATEMENT_TIMESTAMP() FROM {model._meta.db_table}"
+            f" WHERE {where} {suffix}"
+        )
+        statements.append((sql, params))
+    pending = _pending.get() or []
+    cursors = _pipelined([*pending, *statements])
+    pending.clear()
+    results = []
+    for (model, *_), cursor in zip(queries, cursors[-len(queries) :], strict=True):
+        attnames = _columns(model)[1]
+        results.append([_instance(model, attnames, row) for row in cursor.fetchall()])
+    return results
+
+
+def _pipelined(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[psycopg.Cursor]:
+    """Execute ``statements`` in one round trip (psycopg's pipeline mode)."""
+    connection.ensure_connection()
+    conn = connection.connection
+    cursors = [psycopg.Cursor(conn) for _ in statements]
+    if len(statements) == 1:
+        cursors[0].execute(*statements[0])
+        return cursors
+    with conn.pipeline():
+        for cursor, (sql, params) in zip(cursors, statements, strict=True):
+            cursor.execute(sql, params)
+    return cursors
+
+
+_pending: ContextVar[list[tuple[str, Sequence[Any]]] | None] = ContextVar(
+    "sagaflow_pending_writes", default=None
+)
+
+
+@contextlib.contextmanager
+def batched_writes() -> Iterator[None]:
+    """Hold :func:`update`'s statements and send them together: before the next read,
+    or at the end of the block (which must end before the transaction does)."""
+    if not native() or _pending.get() is not None:
+        yield
+        return
+    pending: list[tuple[str, Sequence[Any]]] = []
+    token = _pending.set(pending)
+    try:
+        yield
+        if pending:
+            _pipelined(pending)
+    finally:
+        _pending.reset(token)
 
 
 def _instance(model: type[M], attnames: list[str], row: Sequence[Any]) -> M:
@@ -96,9 +157,17 @@ def update(instance: Model, fields: Iterable[str]) -> None:
             assignments.append(f'"{field.column}" = %s')
             params.append(field.get_db_prep_save(value, connection))
     params.append(instance.pk)
-    sql = f"UPDATE {meta.db_table} SET {', '.join(assignments)} WHERE {meta.pk.column} = %s"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    table, pk = meta.db_table, meta.pk.column
+    execute(f"UPDATE {table} SET {', '.join(assignments)} WHERE {pk} = %s", params)
+
+
+def execute(sql: str, params: Sequence[Any] = ()) -> None:
+    """Run a statement whose result nobody reads: now, or with the batch if one is open."""
+    pending = _pending.get()
+    if pending is not None:
+        pending.append((sql, params))
+    else:
+        _pipelined([(sql, params)])
 
 
 def as_expression(value: NowPlus):

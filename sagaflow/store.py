@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import (
     Count,
     DateTimeField,
@@ -52,9 +52,8 @@ def relax_durability() -> None:
     attempt (the recorded outcome is fenced by the lease token and the action is
     idempotent), so it need not wait for a WAL flush.
     """
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+    if rows.native():
+        rows.execute("SET LOCAL synchronous_commit TO OFF")
 
 
 # --- creating runs -------------------------------------------------------------
@@ -113,26 +112,34 @@ def insert_run(
 # --- locking and reading one run ----------------------------------------------------
 
 
-def lock_step(step_id: int) -> SagaStep | None:
+def lock_step(step_id: int, *, with_next: bool = False) -> SagaStep | None:
     """The step with its saga, the saga row locked until the transaction ends.
 
     Two statements on purpose: the step is read *after* the lock is granted. Read
     in the same statement (a join with ``FOR UPDATE OF saga``), a waiter would get
     the step row as it was before the lock holder's commit (READ COMMITTED re-checks
-    only the locked row), and two workers could claim the same attempt.
+    only the locked row), and two workers could claim the same attempt. With
+    ``with_next``, the step after it is read too (for :func:`next_step`).
     """
     if rows.native():
-        sagas = rows.select(
-            Saga,
-            "id = (SELECT saga_id FROM sagaflow_sagastep WHERE id = %s)",
-            [step_id],
-            FOR_UPDATE,
-        )
-        if not sagas:
+        of_step = "(SELECT saga_id FROM sagaflow_sagastep WHERE id = %s)"
+        queries: list[rows.Query] = [
+            (Saga, f"id = {of_step}", [step_id], FOR_UPDATE),
+            (SagaStep, "id = %s", [step_id], ""),
+        ]
+        if with_next:
+            after = '"index" = (SELECT "index" + 1 FROM sagaflow_sagastep WHERE id = %s)'
+            queries.append((SagaStep, f"saga_id = {of_step} AND {after}", [step_id, step_id], ""))
+        found = rows.select_many(queries)
+        if not found[0]:
             return None
-        steps = rows.select(SagaStep, "id = %s", [step_id])
-        step = steps[0] if steps else None
-        saga = sagas[0]
+        saga = found[0][0]
+        step = found[1][0] if found[1] else None
+        if step is not None and with_next:
+            successor = found[2][0] if found[2] else None
+            if successor is not None:
+                successor.saga = saga
+            step._successor = successor  # type: ignore[attr-defined]
     else:
         saga_id = SagaStep.objects.filter(pk=step_id).values("saga_id")
         saga = lock_saga(Subquery(saga_id))
@@ -288,6 +295,8 @@ def schedule_now(step: SagaStep, state: str) -> None:
 
 
 def next_step(step: SagaStep) -> SagaStep | None:
+    if hasattr(step, "_successor"):  # read with the step, under the same lock
+        return step._successor
     return _step_at(step.saga, step.index + 1)
 
 
