@@ -12,10 +12,12 @@ It runs when the *view* is called, not in the middleware, for two reasons:
 It follows that a request refused before the view ran (CSRF, authentication,
 permissions, throttling, a body too large) never touches the key.
 
-Mode, chosen per call: when a transaction is open on the keys' database the
-claim is written inside it (**atomic mode**); otherwise the claim is committed
-on its own before the view runs (**claim-first mode**, Stripe's recovery point),
-which is what views with external side effects need.
+Mode, chosen per call: when a transaction is open on the keys' database the key
+is reserved inside it and written with the response when the view returns, in
+that same transaction (**atomic mode**: one read before the view, one write
+after, no commit of its own); otherwise the claim is committed on its own before
+the view runs (**claim-first mode**, Stripe's recovery point), which is what
+views with external side effects need. In both, a replay is one indexed read.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ ATOMIC = "atomic"
 CLAIM_FIRST = "claim-first"
 _UNSAFE_HANDLERS = ("post", "put", "patch", "delete")
 _CLAIM_TRIES = 3
+_META_HEADER = "HTTP_" + HEADER.upper().replace("-", "_")
 
 register_points(
     "idempotency.after_claim",  # the claim is written; the view has not run
@@ -227,7 +230,7 @@ def _prepare(request: Any, policy: _Policy) -> _Prepared | HttpResponse | None:
     if method not in conf.IDEMPOTENCY_METHODS:
         return None
     try:
-        key = parse_key(http.headers.get(HEADER))
+        key = parse_key(http.META.get(_META_HEADER))
         if key is None:
             if policy.required:
                 raise IdempotencyKeyMissing(
@@ -262,22 +265,38 @@ def _prepare(request: Any, policy: _Policy) -> _Prepared | HttpResponse | None:
         return problem_response(error)
 
 
-def _claim(prepared: _Prepared, using: str) -> Any:
-    """Claim in the current transaction; returns the outcome or a response to send."""
+def _identity(prepared: _Prepared) -> Any:
     from . import idempotency_store as store
 
-    identity = store.Identity(prepared.scope, prepared.method, prepared.route, prepared.key)
+    return store.Identity(prepared.scope, prepared.method, prepared.route, prepared.key)
+
+
+def _claim(prepared: _Prepared, using: str, *, atomic_mode: bool) -> Any:
+    """Take the key; returns the outcome, or the response to send instead.
+
+    Atomic mode reserves it in the view's transaction (nothing is written until
+    the response is); claim-first mode writes the in-flight claim, committed at
+    once when no transaction is open.
+    """
+    from . import idempotency_store as store
+
+    take = store.reserve if atomic_mode else store.claim
+    identity = _identity(prepared)
     lease = float(conf.IDEMPOTENCY_LEASE)
-    retry_after = int(conf.IDEMPOTENCY_RETRY_AFTER)
     for _ in range(_CLAIM_TRIES):
-        outcome = store.claim(
-            identity, prepared.fingerprint, lease=lease, ttl=prepared.ttl, using=using
-        )
+        outcome = take(identity, prepared.fingerprint, lease=lease, ttl=prepared.ttl, using=using)
         if not isinstance(outcome, store.Vanished):
             break
+    if isinstance(outcome, store.Claimed | store.Reserved):
+        return outcome
+    return _answer(prepared, outcome)
+
+
+def _answer(prepared: _Prepared, outcome: Any) -> HttpResponse:
+    """The response for a key that is not ours: replay, 422 or 409."""
+    from . import idempotency_store as store
+
     try:
-        if isinstance(outcome, store.Claimed):
-            return outcome
         if isinstance(outcome, store.Existing) and outcome.fingerprint != prepared.fingerprint:
             raise IdempotencyKeyReused(
                 f"{HEADER} {prepared.key!r} was already used for a different "
@@ -291,6 +310,7 @@ def _claim(prepared: _Prepared, using: str) -> Any:
                     f"response, which is not stored; it will not run again."
                 )
             return replay(outcome.status, outcome.headers, outcome.body)
+        retry_after = int(conf.IDEMPOTENCY_RETRY_AFTER)
         raise IdempotencyKeyInFlight(
             f"A request with {HEADER} {prepared.key!r} is still being processed; retry "
             f"after {retry_after} s to get its response.",
@@ -301,8 +321,13 @@ def _claim(prepared: _Prepared, using: str) -> Any:
 
 
 def _claim_first(prepared: _Prepared, using: str) -> Any:
-    with transaction.atomic(using=using):
-        return _claim(prepared, using)
+    from . import idempotency_store as store
+
+    # A replay, or a key in flight elsewhere, answers from one read: no transaction.
+    existing = store.lookup(_identity(prepared), using=using)
+    if existing is not None:
+        return _answer(prepared, existing)
+    return _claim(prepared, using, atomic_mode=False)  # committed at once
 
 
 def _render(request: Any, response: Any) -> Any:
@@ -323,7 +348,8 @@ def _render(request: Any, response: Any) -> Any:
     return response
 
 
-def _record(claimed: Any, response: HttpResponseBase) -> None:
+def _record(claimed: Any, response: HttpResponseBase) -> bool:
+    """Store the response; False if the key is no longer ours (nothing stored)."""
     from . import idempotency_store as store
 
     body = None if response.streaming else bytes(response.content)  # type: ignore[attr-defined]
@@ -332,13 +358,21 @@ def _record(claimed: Any, response: HttpResponseBase) -> None:
             "idempotent view returned a streaming response: not stored, replays answer 409",
             extra={"status": response.status_code},
         )
-    if not store.complete(
+    if store.complete(
         claimed, status=response.status_code, headers=stored_headers(response), body=body
     ):
+        return True
+    if isinstance(claimed, store.Reserved):
+        logger.warning(
+            "idempotency key was recorded by an earlier request while this view ran; "
+            "this view's writes are rolled back and the stored response is returned"
+        )
+    else:
         logger.warning(
             "idempotency key was taken over while its view ran; response not stored "
             "(raise SAGAFLOW['IDEMPOTENCY_LEASE'] above your request timeout)"
         )
+    return False
 
 
 def _run_sync(
@@ -348,7 +382,9 @@ def _run_sync(
 
     using = store.alias()
     atomic_mode = connections[using].in_atomic_block
-    outcome = _claim(prepared, using) if atomic_mode else _claim_first(prepared, using)
+    outcome = (
+        _claim(prepared, using, atomic_mode=True) if atomic_mode else _claim_first(prepared, using)
+    )
     if isinstance(outcome, HttpResponseBase):
         return outcome
     prepared.http.idempotency = IdempotencyInfo(  # type: ignore[attr-defined]
@@ -373,7 +409,12 @@ def _run_sync(
         else:
             store.release(outcome)
         return response
-    _record(outcome, response)
+    if not _record(outcome, response) and isinstance(outcome, store.Reserved):
+        # A claim-first holder of this key recorded its response while this view
+        # ran: that one stands. Roll this view's writes back and answer as a retry.
+        answer = _answer(prepared, store.lookup(_identity(prepared), using=using))
+        transaction.set_rollback(True, using=using)
+        return answer
     return response
 
 

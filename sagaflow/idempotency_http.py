@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -44,6 +45,10 @@ NEVER_REPLAYED = frozenset(
 )
 
 
+#: Printable ASCII (0x21-0x7E) except ``"`` (0x22) and ``\`` (0x5C).
+_KEY_CHARS = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]*")
+
+
 def parse_key(raw: str | None) -> str | None:
     """The key from the header value, or None if absent; raise if malformed.
 
@@ -57,6 +62,8 @@ def parse_key(raw: str | None) -> str | None:
     if len(value) >= 2 and value[0] == value[-1] == '"':
         value = value[1:-1]
     low, high = conf.IDEMPOTENCY_KEY_MIN_LENGTH, conf.IDEMPOTENCY_KEY_MAX_LENGTH
+    if low <= len(value) <= high and _KEY_CHARS.fullmatch(value):
+        return value
     if not low <= len(value) <= high:
         raise IdempotencyKeyInvalid(
             f"{HEADER} is {len(value)} characters long; send {low} to {high} printable "

@@ -15,6 +15,7 @@ from asgiref.sync import async_to_sync
 from django.db import connections, transaction
 from django.db.models.functions import Now
 from django.test import AsyncClient, Client
+from django.test.utils import CaptureQueriesContext
 
 from sagaflow import idempotency_store as store
 from sagaflow import tasks
@@ -213,6 +214,97 @@ def test_late_holder_cannot_record_after_a_takeover(alice):
     assert store.release(late) is False
     assert store.complete(current, status=201, headers=[], body=b"current") is True
     assert bytes(IdempotencyKey.objects.get().response_body) == b"current"
+
+
+def test_atomic_mode_takes_over_a_lapsed_claim_in_its_own_transaction(alice):
+    identity = store.Identity(f"user:{alice.pk}", "POST", "orders/", "k")
+    using = store.alias()
+    dead = store.claim(identity, "fp", lease=0, ttl=60, using=using)  # its holder died
+    with transaction.atomic():
+        other = store.reserve(identity, "other", lease=60, ttl=60, using=using)
+        assert isinstance(other, store.Existing)  # another request: 422, never taken
+        taken = store.reserve(identity, "fp", lease=60, ttl=60, using=using)
+        assert isinstance(taken, store.Reserved) and taken.attempt == 2
+        assert store.complete(taken, status=201, headers=[], body=b"second")
+    assert store.complete(dead, status=201, headers=[], body=b"late") is False
+    row = IdempotencyKey.objects.get()
+    assert (row.state, row.attempts, bytes(row.response_body)) == ("completed", 2, b"second")
+
+
+def test_atomic_mode_loses_to_a_late_holder_that_recorded_first(alice):
+    identity = store.Identity(f"user:{alice.pk}", "POST", "orders/", "k")
+    using = store.alias()
+    late = store.claim(identity, "fp", lease=0, ttl=60, using=using)
+    with transaction.atomic():
+        taken = store.reserve(identity, "fp", lease=60, ttl=60, using=using)
+        assert isinstance(taken, store.Reserved)
+
+        def record_late() -> None:
+            try:
+                assert store.complete(late, status=201, headers=[], body=b"late")
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=record_late)
+        thread.start()
+        thread.join(timeout=30)
+        # Nothing of ours was written, so the late holder was not blocked, and its
+        # response stands: ours is refused, and the caller rolls its view back.
+        assert store.complete(taken, status=201, headers=[], body=b"ours") is False
+    row = IdempotencyKey.objects.get()
+    assert (row.state, bytes(row.response_body)) == ("completed", b"late")
+
+
+def test_reserve_never_takes_a_live_key_and_answers_busy_to_a_concurrent_one(alice):
+    identity = store.Identity(f"user:{alice.pk}", "POST", "orders/", "k")
+    using = store.alias()
+    outcomes: list = []
+    with transaction.atomic():
+        mine = store.reserve(identity, "fp", lease=60, ttl=60, using=using)
+        assert isinstance(mine, store.Reserved)
+
+        def concurrent() -> None:
+            try:
+                with transaction.atomic():
+                    outcomes.append(store.reserve(identity, "fp", lease=60, ttl=60, using=using))
+                outcomes.append(store.claim(identity, "fp", lease=60, ttl=60, using=using))
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=concurrent)
+        thread.start()
+        thread.join(timeout=30)
+    assert [type(o) for o in outcomes] == [store.Busy, store.Busy]
+    assert IdempotencyKey.objects.count() == 0
+
+
+def _key_statements(call) -> list[str]:
+    """The statements ``call`` sent that touch the keys' table, or open/close a
+    transaction, by their first word."""
+    with CaptureQueriesContext(connections["default"]) as captured:
+        call()
+    verbs = [(q["sql"].split()[0].upper(), q["sql"]) for q in captured.captured_queries]
+    return [
+        verb
+        for verb, sql in verbs
+        if "sagaflow_idempotencykey" in sql or verb in ("BEGIN", "COMMIT")
+    ]
+
+
+def test_statements_per_request(client_a):
+    # Atomic mode: one read (with the no-wait lock) before the view, one write of the
+    # completed row after it, inside the view's own transaction.
+    assert _key_statements(lambda: post(client_a, url="/orders/atomic/")) == [
+        "BEGIN", "SELECT", "INSERT", "COMMIT",
+    ]  # fmt: skip
+    # A replay without a transaction around the view: one indexed read.
+    post(client_a, url="/orders/writing/")
+    assert _key_statements(lambda: post(client_a, url="/orders/writing/")) == ["SELECT"]
+    # Claim-first, new key: the read finds nothing, the claim commits by itself
+    # (no BEGIN/COMMIT around it), the view runs, the response is recorded.
+    assert _key_statements(lambda: post(client_a, url="/orders/writing/", key="key-2")) == [
+        "SELECT", "INSERT", "UPDATE",
+    ]  # fmt: skip
 
 
 # --- ASGI ----------------------------------------------------------------------------------
