@@ -68,6 +68,12 @@ class Defaults:
         "Last-Modified",
         "Link",
     )
+    #: A ``CACHES`` alias to keep completed responses in, so that replays skip the
+    #: database (``idempotency_cache.py``); None: every replay reads its row.
+    IDEMPOTENCY_REPLAY_CACHE: str | None = None
+    #: Seconds a cached response is served: also how long, at most, a replay may
+    #: outlive its key's expiry or deletion.
+    IDEMPOTENCY_REPLAY_CACHE_SECONDS: float = 30.0
     #: Rows the janitor deletes per statement, so no delete holds locks for long.
     JANITOR_BATCH_SIZE: int = 1000
     # --- transactional outbox (docs/outbox.md) ---
@@ -84,6 +90,10 @@ class Defaults:
     OUTBOX_PUBLISH_TIMEOUT: float = 10.0
     #: Dotted path of the publisher class (``publish(events)``, one round trip).
     OUTBOX_PUBLISHER: str = "sagaflow.relay.CeleryPublisher"
+    #: Keep relayed events as ``published`` rows until ``OUTBOX_RETENTION`` (the
+    #: admin shows them, consumer retries and the broker-loss redelivery read them);
+    #: ``False`` deletes each event in the statement that claims it.
+    OUTBOX_KEEP_PUBLISHED: bool = True
     #: Celery queue for delivered events (None: ``QUEUE``).
     OUTBOX_QUEUE: str | None = None
     #: Send ``sagaflow.relay_outbox`` to Celery when a transaction that published

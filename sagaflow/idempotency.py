@@ -34,6 +34,7 @@ from django.db import connections, transaction
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
+from . import idempotency_cache as replay_cache
 from .conf import conf
 from .exceptions import (
     ConfigurationError,
@@ -289,11 +290,23 @@ def _claim(prepared: _Prepared, using: str, *, atomic_mode: bool) -> Any:
             break
     if isinstance(outcome, store.Claimed | store.Reserved):
         return outcome
-    return _answer(prepared, outcome)
+    return _answer(prepared, outcome, using=using)
 
 
-def _answer(prepared: _Prepared, outcome: Any) -> HttpResponse:
-    """The response for a key that is not ours: replay, 422 or 409."""
+def _cached(prepared: _Prepared, using: str) -> HttpResponse | None:
+    """A replay, or a 422, answered from the replay cache (if one is configured)."""
+    existing = replay_cache.get(_identity(prepared), using)
+    if existing is None:
+        return None
+    return _answer(prepared, existing, using=None)
+
+
+def _answer(prepared: _Prepared, outcome: Any, *, using: str | None = None) -> HttpResponse:
+    """The response for a key that is not ours: replay, 422 or 409.
+
+    With ``using``, ``outcome`` was just read from that database: a completed one
+    goes to the replay cache.
+    """
     from . import idempotency_store as store
 
     try:
@@ -309,6 +322,8 @@ def _answer(prepared: _Prepared, outcome: Any) -> HttpResponse:
                     f"The request with {HEADER} {prepared.key!r} completed with a streaming "
                     f"response, which is not stored; it will not run again."
                 )
+            if using is not None:
+                replay_cache.put(_identity(prepared), using, outcome)
             return replay(outcome.status, outcome.headers, outcome.body)
         retry_after = int(conf.IDEMPOTENCY_RETRY_AFTER)
         raise IdempotencyKeyInFlight(
@@ -324,9 +339,12 @@ def _claim_first(prepared: _Prepared, using: str) -> Any:
     from . import idempotency_store as store
 
     # A replay, or a key in flight elsewhere, answers from one read: no transaction.
+    cached = _cached(prepared, using)
+    if cached is not None:
+        return cached
     existing = store.lookup(_identity(prepared), using=using)
     if existing is not None:
-        return _answer(prepared, existing)
+        return _answer(prepared, existing, using=using)
     return _claim(prepared, using, atomic_mode=False)  # committed at once
 
 
@@ -382,9 +400,12 @@ def _run_sync(
 
     using = store.alias()
     atomic_mode = connections[using].in_atomic_block
-    outcome = (
-        _claim(prepared, using, atomic_mode=True) if atomic_mode else _claim_first(prepared, using)
-    )
+    if atomic_mode:
+        outcome = _cached(prepared, using)
+        if outcome is None:
+            outcome = _claim(prepared, using, atomic_mode=True)
+    else:
+        outcome = _claim_first(prepared, using)
     if isinstance(outcome, HttpResponseBase):
         return outcome
     prepared.http.idempotency = IdempotencyInfo(  # type: ignore[attr-defined]
@@ -412,7 +433,7 @@ def _run_sync(
     if not _record(outcome, response) and isinstance(outcome, store.Reserved):
         # A claim-first holder of this key recorded its response while this view
         # ran: that one stands. Roll this view's writes back and answer as a retry.
-        answer = _answer(prepared, store.lookup(_identity(prepared), using=using))
+        answer = _answer(prepared, store.lookup(_identity(prepared), using=using), using=using)
         transaction.set_rollback(True, using=using)
         return answer
     return response

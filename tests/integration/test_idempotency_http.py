@@ -10,8 +10,10 @@ import base64
 import json
 
 import pytest
-from django.db import connections
+from django.core.cache import cache
+from django.db import connection, connections
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from sagaflow.exceptions import ConfigurationError
 from sagaflow.models import IdempotencyKey, IdempotencyKeyState
@@ -384,3 +386,53 @@ def test_decorated_view_without_the_middleware_fails_loudly(client_a, settings):
     settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != MIDDLEWARE]
     with pytest.raises(ConfigurationError, match="IdempotencyMiddleware"):
         post(client_a)
+
+
+# --- the optional replay cache (idempotency_cache.py) ------------------------------------
+
+
+@pytest.fixture
+def replay_cache(settings):
+    settings.SAGAFLOW = {**getattr(settings, "SAGAFLOW", {}), "IDEMPOTENCY_REPLAY_CACHE": "default"}
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def key_queries(queries: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in queries.captured_queries if "sagaflow_idempotencykey" in q["sql"]]
+
+
+@pytest.mark.parametrize("url", ["/orders/", "/orders/atomic/"])
+def test_a_cached_replay_does_not_read_its_key(client_a, replay_cache, url):
+    first = post(client_a, url)
+    read = post(client_a, url)  # read from the database, and kept
+    with CaptureQueriesContext(connection) as queries:
+        cached = post(client_a, url)
+        reused = post(client_a, url, body={"amount": 6})
+    assert key_queries(queries) == []
+    assert first.status_code == read.status_code == cached.status_code == 201
+    assert cached.content == read.content == first.content
+    assert cached["Idempotent-Replayed"] == "true"
+    problem(reused, 422, "idempotency-key-reused")
+    assert recorder.count() == 1
+
+
+def test_without_the_replay_cache_every_replay_reads_its_key(client_a):
+    post(client_a)
+    post(client_a)
+    with CaptureQueriesContext(connection) as queries:
+        assert post(client_a)["Idempotent-Replayed"] == "true"
+    assert key_queries(queries)  # at least one read (one on PostgreSQL)
+
+
+def test_a_deleted_key_runs_again_once_its_cached_copy_is_gone(client_a, replay_cache):
+    post(client_a)
+    post(client_a)  # cached
+    IdempotencyKey.objects.all().delete()
+    assert post(client_a)["Idempotent-Replayed"] == "true"  # the copy, for its lifetime
+    cache.clear()  # what IDEMPOTENCY_REPLAY_CACHE_SECONDS does in time
+    again = post(client_a)
+    assert again.status_code == 201
+    assert not again.has_header("Idempotent-Replayed")
+    assert recorder.count() == 2
