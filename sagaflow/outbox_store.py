@@ -1,21 +1,24 @@
 """Every query on ``OutboxEvent``: all the relay's PostgreSQL SQL (the consumers'
 inbox is ``inbox_store``).
 
-**Claiming** (``claim_batch``) runs inside the relay's transaction and takes two
-statements:
+**Claiming** (``claim``) runs inside the relay's transaction as one statement
+(one round trip, see its docstring for why one snapshot is enough):
 
 1. take *key ownership*: a transaction-level advisory lock per ordering key
    (``pg_try_advisory_xact_lock``, never a session lock: P7) for the keys of the
    first pending rows that no other relay owns;
-2. with a snapshot taken *after* those locks, lock the rows to publish with
-   ``FOR UPDATE SKIP LOCKED``: rows without a key, and rows of owned keys that have
-   no earlier pending event still waiting for a retry (head-of-line per key).
+2. lock the rows to publish with ``FOR UPDATE SKIP LOCKED``: rows without a key,
+   and rows of owned keys that have no earlier pending event still waiting for a
+   retry (head-of-line per key);
+3. mark them ``published`` (or delete them, ``OUTBOX_KEEP_PUBLISHED = False``)
+   and return the batch as one JSON array.
 
 Ownership is what keeps per-key order with several relays (P1): only the owner of
 a key publishes its events, in id order, and a relay that takes a key over sees
 everything the previous owner committed. There is no high-water mark (P2): the
-claim selects pending rows, so a row that commits late is still found. Both
-statements look only at a window of the first pending rows (``window``), so a
+claim selects pending rows, so a row that commits late is still found (a claim
+with a ``floor`` may find it up to a second later: ``relay.FULL_SCAN_EVERY``). The
+claim looks only at a window of the first pending rows (``window``), so a
 claim costs the same with 10⁴ or 10⁶ rows waiting, even when other relays own
 most of the keys at the head.
 
@@ -123,63 +126,136 @@ def insert_events(rows: Iterable[tuple[str, str | None, Any]], *, notify: bool =
 # --- the relay -------------------------------------------------------------------------
 
 
-def begin_relay_transaction(*, hold_limit: float) -> None:
-    """Bound what the current (relay) transaction can hold and cost.
+#: What one relay transaction may hold and cost, set (``SET LOCAL``) by the claim
+#: statement itself, so it costs no extra round trip. ``idle_in_transaction_session_timeout``
+#: is the backstop of P4: if a publish hangs past the hold limit, PostgreSQL ends the
+#: session and frees the rows for another relay. Commits are asynchronous: a
+#: "published" mark (or delete) lost in a database crash only means the batch is
+#: published again (at-least-once).
+_RELAY_SETTINGS = (
+    "SELECT set_config('idle_in_transaction_session_timeout', %(idle_ms)s, true),"
+    " set_config('lock_timeout', '5s', true),"
+    " set_config('statement_timeout', '30s', true),"
+    " set_config('synchronous_commit', 'off', true)"
+)
 
-    ``idle_in_transaction_session_timeout`` is the backstop of P4: if a publish
-    hangs past ``hold_limit`` seconds, PostgreSQL ends the session and frees the
-    rows for another relay. Commits are asynchronous: a "published" mark lost in
-    a database crash only means the batch is published again (at-least-once).
+#: A claimed batch as one JSON array built by PostgreSQL: one value to decode
+#: instead of two JSON columns per row.
+_BATCH_JSON = (
+    "SELECT json_agg(json_build_object('id', d.id, 'topic', d.topic, 'key', d.key,"
+    " 'payload', d.payload, 'headers', d.headers, 'attempts', d.attempts, 'created_at',"
+    " to_char(d.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))"
+    " ORDER BY d.id)::text, (SELECT min(id) FROM w) FROM d"
+)
+
+
+def claim_batch(
+    limit: int,
+    *,
+    window: int | None = None,
+    keep_published: bool = True,
+    hold_limit: float = 10.0,
+    floor: int = 0,
+) -> list[ClaimedEvent]:
+    """``claim`` without the window's first id."""
+    return claim(
+        limit, window=window, keep_published=keep_published, hold_limit=hold_limit, floor=floor
+    )[0]
+
+
+def claim(
+    limit: int,
+    *,
+    window: int | None = None,
+    keep_published: bool = True,
+    hold_limit: float = 10.0,
+    floor: int = 0,
+) -> tuple[list[ClaimedEvent], int | None]:
+    """Claim up to ``limit`` publishable events and take them out of the pending set.
+
+    One statement, one round trip: bound the transaction (``_RELAY_SETTINGS``),
+    take key ownership, lock the rows (``FOR UPDATE SKIP LOCKED``) and mark them
+    ``published`` (``keep_published``) or delete them, returning them in id order.
+    Run it inside the relay's transaction: if the publish then fails, rolling
+    the transaction back puts the rows back, pending and unlocked.
+
+    Ownership (``k``) and the row locks (``c``) share one snapshot. That is safe in
+    READ COMMITTED: a row another relay published after our snapshot but before we
+    got its key is either deleted (``FOR UPDATE`` skips it) or updated to
+    ``published`` (``FOR UPDATE`` re-checks the new version, which no longer
+    matches ``state = 'pending'``); a row committed after our snapshot waits for
+    the next batch. Per key, writers commit in id order (``OUTBOX_SERIALIZE_KEYS``),
+    so the head-of-line rule sees every earlier event of an owned key.
+
+    ``floor``: look only at pending rows with ``id >= floor`` (0: all). Under a
+    long-lived snapshot elsewhere (P3) the rows relayed since cannot be vacuumed,
+    and an index scan from the first pending id walks all of them on every
+    claim; a floor skips them. Rows below the floor are found by the next claim
+    without one, and an event below the floor blocks the later events of its
+    key (head-of-line), so a floor may delay an event, never reorder a key.
+    Returns the events and the window's first id (the floor of a later claim).
     """
-    idle_ms = max(1000, int(hold_limit * 1000))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT set_config('idle_in_transaction_session_timeout', %s, true),"
-            " set_config('lock_timeout', '5s', true),"
-            " set_config('statement_timeout', '30s', true),"
-            " set_config('synchronous_commit', 'off', true)",
-            [str(idle_ms)],
-        )
-
-
-def claim_batch(limit: int, *, window: int | None = None) -> list[ClaimedEvent]:
-    """Lock up to ``limit`` publishable events for the current transaction, in id order."""
     window = window or limit * 4
+    take = (
+        f"UPDATE {OUTBOX} d SET state = 'published', published_at = now() FROM c"
+        if keep_published
+        else f"DELETE FROM {OUTBOX} d USING c"
+    )
+    idle_ms = str(max(1000, int(hold_limit * 1000)))
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT c.key FROM (SELECT key FROM {OUTBOX}"
-            "   WHERE state = 'pending' AND available_at <= now() ORDER BY id LIMIT %s) c"
-            " WHERE c.key IS NOT NULL AND pg_try_advisory_xact_lock(%s, hashtext(c.key))"
-            " LIMIT %s",
-            [window, OWNER_LOCK_NS, limit],
+            f"WITH s AS MATERIALIZED ({_RELAY_SETTINGS}),"
+            # The first pending rows: the only ones this batch looks at, so a
+            # claim costs the same with 10^4 or 10^6 rows waiting.
+            f" w AS MATERIALIZED (SELECT id, key FROM {OUTBOX}, s"
+            "   WHERE state = 'pending' AND available_at <= now() AND id >= %(floor)s"
+            "   ORDER BY id LIMIT %(window)s),"
+            # Key ownership: a transaction-level advisory lock (P7) per key, in id
+            # order, for the keys of at most ``limit`` rows that no other relay owns.
+            " k AS MATERIALIZED (SELECT w.key FROM w"
+            "   WHERE w.key IS NOT NULL AND pg_try_advisory_xact_lock(%(ns)s, hashtext(w.key))"
+            "   LIMIT %(limit)s),"
+            # The rows to publish: keyless ones and those of owned keys, unless an
+            # earlier event of the key waits for a retry or lies below the floor
+            # (head-of-line).
+            f" c AS MATERIALIZED (SELECT e.id FROM {OUTBOX} e"
+            "   WHERE e.id IN (SELECT w.id FROM w WHERE w.key IS NULL"
+            "       OR w.key IN (SELECT key FROM k))"
+            "     AND e.state = 'pending' AND e.available_at <= now()"
+            "     AND (e.key IS NULL OR (NOT EXISTS ("
+            f"      SELECT 1 FROM {OUTBOX} p WHERE p.key = e.key AND p.state = 'pending'"
+            "         AND p.id < e.id AND p.available_at > now())"
+            "       AND NOT EXISTS ("
+            f"      SELECT 1 FROM {OUTBOX} p WHERE p.key = e.key AND p.state = 'pending'"
+            "         AND p.id < least(e.id, %(floor)s))))"
+            "   ORDER BY e.id LIMIT %(limit)s"
+            "   FOR UPDATE OF e SKIP LOCKED),"
+            f" d AS ({take} WHERE d.id = c.id RETURNING d.*)"
+            f" {_BATCH_JSON}",
+            {
+                "idle_ms": idle_ms,
+                "window": window,
+                "ns": OWNER_LOCK_NS,
+                "limit": limit,
+                "floor": floor,
+            },
         )
-        keys = list({row[0] for row in cursor.fetchall()})
-        cursor.execute(
-            f"SELECT e.id, e.topic, e.key, e.payload::text, e.headers::text, e.attempts,"
-            f"  to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-            f" FROM {OUTBOX} e"
-            f" WHERE e.id IN (SELECT id FROM {OUTBOX}"
-            "     WHERE state = 'pending' AND available_at <= now() ORDER BY id LIMIT %s)"
-            "   AND e.state = 'pending' AND e.available_at <= now()"
-            "   AND (e.key IS NULL OR (e.key = ANY(%s) AND NOT EXISTS ("
-            f"     SELECT 1 FROM {OUTBOX} p WHERE p.key = e.key AND p.state = 'pending'"
-            "       AND p.id < e.id AND p.available_at > now())))"
-            " ORDER BY e.id LIMIT %s"
-            " FOR UPDATE OF e SKIP LOCKED",
-            [window, keys, limit],
+        batch, first = cursor.fetchone()
+    if batch is None:
+        return [], first
+    events = [
+        ClaimedEvent(
+            e["id"],
+            e["topic"],
+            e["key"],
+            e["payload"],
+            e["headers"],
+            e["attempts"],
+            e["created_at"],
         )
-        rows = cursor.fetchall()
-    return [_event(row) for row in rows]
-
-
-def mark_published(ids: Sequence[int]) -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {OUTBOX} SET state = 'published', published_at = now()"
-            " WHERE id = ANY(%s) AND state = 'pending'",
-            [list(ids)],
-        )
-        return cursor.rowcount
+        for e in json.loads(batch)
+    ]
+    return events, first
 
 
 def mark_failed(

@@ -2,9 +2,9 @@
 
 One batch is one short database transaction::
 
-    claim (FOR UPDATE SKIP LOCKED, key ownership)  ->  fault point relay.after_claim
-    publish the whole batch in ONE broker message  ->  fault point relay.after_publish
-    mark the rows published                         ->  commit
+    claim and mark published (or delete), ONE statement  ->  fault point relay.after_claim
+    publish the whole batch in ONE broker message         ->  fault point relay.after_publish
+    commit (a failed publish rolls back: the rows are pending again)
 
 Why the row locks may be held across the publish (P4): the publish is bounded.
 The broker transport's socket timeouts end a publish to a down or paused broker
@@ -16,7 +16,8 @@ and a lease sweeper, for no better guarantee.
 
 Failure handling:
 
-- the publish raises: every event of the batch counts a failed attempt and waits
+- the publish raises: the transaction rolls back, then (in a second short
+  transaction) every event of the batch counts a failed attempt and waits
   (exponential backoff with jitter, through ``available_at``); after
   ``OUTBOX_MAX_ATTEMPTS`` it is ``dead`` until ``outbox_store.requeue_dead``;
 - the relay dies after publishing but before the commit (``relay.after_publish``):
@@ -44,7 +45,9 @@ any class with ``publish(events: list[dict]) -> None`` that raises on failure.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -81,10 +84,20 @@ class CeleryPublisher:
         deliver_events.apply_async(
             (list(events),),
             queue=conf.OUTBOX_QUEUE or conf.QUEUE or None,
+            # Celery otherwise builds a repr of the whole batch for the message
+            # headers (a third of the publish's CPU); the ids say enough.
+            argsrepr=_argsrepr(events),
+            kwargsrepr="{}",
             # One attempt: a failure is retried by the relay through available_at,
             # with the rows unlocked meanwhile; Celery's retry would hold them.
             **ONE_ATTEMPT,
         )
+
+
+def _argsrepr(events: Sequence[dict[str, Any]]) -> str:
+    if not events:
+        return "([],)"
+    return f"([{len(events)} events, ids {events[0].get('id')}..{events[-1].get('id')}],)"
 
 
 @lru_cache(maxsize=8)
@@ -122,19 +135,89 @@ class BatchResult:
     dead: int
 
 
+#: Every claim at least this many seconds after the last one without a floor
+#: looks at the whole pending set (``outbox_store.claim``'s ``floor``): what a
+#: floor passed over (a late commit, a retry that became due) waits at most this.
+FULL_SCAN_EVERY = 1.0
+#: A floor is the first pending id a claim saw at least this long ago, so a
+#: transaction that took its id earlier but committed within this time is not
+#: passed over.
+FLOOR_LAG = 0.5
+
+
+class _ScanFloor:
+    """Per process: where this relay's claims may start (P3, a pinned snapshot)."""
+
+    def __init__(self) -> None:
+        self.full_at = -FULL_SCAN_EVERY
+        #: (when, first pending id a claim saw), ids never decreasing
+        self.seen: deque[tuple[float, int]] = deque()
+        self.lock = threading.Lock()
+
+    def get(self, now: float) -> int:
+        with self.lock:
+            if now - self.full_at >= FULL_SCAN_EVERY:
+                self.full_at = now
+                return 0
+            while len(self.seen) > 1 and now - self.seen[1][0] >= FLOOR_LAG:
+                self.seen.popleft()
+            if self.seen and now - self.seen[0][0] >= FLOOR_LAG:
+                return self.seen[0][1]
+            return 0
+
+    def saw(self, now: float, first: int | None) -> None:
+        if first is None:
+            return
+        with self.lock:
+            # A lower first id (a late commit, a rolled-back batch, ids reset)
+            # lowers every later floor.
+            while self.seen and self.seen[-1][1] > first:
+                self.seen.pop()
+            self.seen.append((now, first))
+
+
+_floor = _ScanFloor()
+
+
+class _PublishFailed(Exception):
+    """Rolls the relay's transaction back, putting the claimed rows back."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
+
+
 def relay_batch(limit: int, publisher: Publisher | None = None) -> BatchResult:
-    """Claim, publish and mark one batch in one transaction."""
+    """Claim, publish and mark one batch in one transaction.
+
+    The claim marks the rows published (or deletes them) in the same statement;
+    the commit after the publish makes that stick. If the publish fails, the
+    transaction rolls back (the rows are pending and unlocked again) and the
+    failed attempt is counted in a second, short transaction.
+    """
     publisher = publisher or get_publisher()
-    with transaction.atomic():
-        outbox_store.begin_relay_transaction(hold_limit=float(conf.OUTBOX_PUBLISH_TIMEOUT))
-        events = outbox_store.claim_batch(limit)
-        if not events:
-            return BatchResult(0, 0, 0, 0)
-        fault_point("relay.after_claim")
+    try:
+        with transaction.atomic():
+            now = time.monotonic()
+            events, first = outbox_store.claim(
+                limit,
+                keep_published=bool(conf.OUTBOX_KEEP_PUBLISHED),
+                hold_limit=float(conf.OUTBOX_PUBLISH_TIMEOUT),
+                floor=_floor.get(now),
+            )
+            _floor.saw(now, first)
+            if not events:
+                return BatchResult(0, 0, 0, 0)
+            fault_point("relay.after_claim")
+            try:
+                publisher.publish([e.message() for e in events])
+            except Exception as exc:
+                raise _PublishFailed(exc) from exc
+            fault_point("relay.after_publish")
+    except _PublishFailed as failure:
+        exc = failure.exc
         ids = [e.id for e in events]
-        try:
-            publisher.publish([e.message() for e in events])
-        except Exception as exc:
+        with transaction.atomic():
             retrying, dead = outbox_store.mark_failed(
                 ids,
                 error=f"{type(exc).__name__}: {exc}",
@@ -142,18 +225,16 @@ def relay_batch(limit: int, publisher: Publisher | None = None) -> BatchResult:
                 backoff=float(conf.OUTBOX_RETRY_BACKOFF),
                 max_backoff=float(conf.OUTBOX_RETRY_MAX_BACKOFF),
             )
-            logger.warning(
-                "publishing %d outbox events failed (%s: %s); %d will be retried, %d are dead",
-                len(ids),
-                type(exc).__name__,
-                exc,
-                retrying,
-                dead,
-            )
-            return BatchResult(len(ids), 0, retrying, dead)
-        fault_point("relay.after_publish")
-        outbox_store.mark_published(ids)
-    return BatchResult(len(ids), len(ids), 0, 0)
+        logger.warning(
+            "publishing %d outbox events failed (%s: %s); %d will be retried, %d are dead",
+            len(ids),
+            type(exc).__name__,
+            exc,
+            retrying,
+            dead,
+        )
+        return BatchResult(len(ids), 0, retrying, dead)
+    return BatchResult(len(events), len(events), 0, 0)
 
 
 def drain(

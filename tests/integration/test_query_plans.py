@@ -96,6 +96,17 @@ def test_relay_and_sweeper_queries_use_their_partial_indexes(big_tables):
     assert claim
     sql = re.sub(r"\s+FOR UPDATE OF e SKIP LOCKED", "", claim[-1])
     assert_indexed(sql, "sagaflow_outboxevent", "sagaflow_outbox_pending", max_rows=20 * BATCH)
+    # The head-of-line checks probe the pending rows of each key, not all pending rows.
+    assert_indexed(sql, "sagaflow_outboxevent", "sagaflow_outbox_pending_key", max_rows=20 * BATCH)
+    # The same with a floor (what a relay uses between full claims).
+    floor = OUTBOX_ROWS - 4 * BATCH
+    claim = [
+        s
+        for s in captured(lambda: outbox_store.claim_batch(BATCH, floor=floor))
+        if "FOR UPDATE" in s
+    ]
+    sql = re.sub(r"\s+FOR UPDATE OF e SKIP LOCKED", "", claim[-1])
+    assert_indexed(sql, "sagaflow_outboxevent", "sagaflow_outbox_pending", max_rows=20 * BATCH)
 
     (leases,) = captured(lambda: store.expired_leases(500))
     assert_indexed(leases, "sagaflow_sagastep", "sagaflow_step_leased", max_rows=1000)

@@ -46,6 +46,7 @@ class Command(BaseCommand):
         total = relay.DrainReport()
         listening = False
         failures = 0
+        retries_at = 0.0
         self.stdout.write("sagaflow relay ready", ending="\n")
         self.stdout.flush()
         while not self.stopping:
@@ -59,7 +60,12 @@ class Command(BaseCommand):
                 )
                 for name, value in report.as_dict().items():
                     setattr(total, name, getattr(total, name) + value)
-                consumers.redeliver_due()
+                # Due consumer retries: once per poll interval, not on every
+                # wake-up (under load that is hundreds of times a second, each a
+                # transaction between a commit and its relay).
+                if time.monotonic() >= retries_at:
+                    consumers.redeliver_due()
+                    retries_at = time.monotonic() + poll
                 failures = 0
                 if options["once"]:
                     break
