@@ -50,11 +50,17 @@ _demo:
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/python manage.py sagaflow_demo
 
-# Ratios against a baseline measured in the same run; needs PostgreSQL and Redis.
-bench: $(STAMP)
-	$(BIN)/python bench/step_overhead.py
-	$(BIN)/python bench/relay.py
-	$(BIN)/python bench/idempotency.py
+# Ratios against references measured in the same run (docs/bench/); needs PostgreSQL and
+# Redis. It empties tables, so it gets a database and a Redis index of its own.
+BENCH_DATABASE_URL ?= postgres://postgres@localhost:5432/sagaflow_bench
+BENCH_BROKER_URL ?= redis://localhost:6379/3
+
+$(VENV)/.bench-installed: $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	DATABASE_URL=$(BENCH_DATABASE_URL) CELERY_BROKER_URL=$(BENCH_BROKER_URL) $(BIN)/python bench/run.py
 
 # The chaos suite's long tier: CHAOS_MINUTES of load with every fault kind, again and again,
 # on a private PostgreSQL and Redis; then the control runs, which must find violations

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +63,7 @@ def start_worker(concurrency: int = 1) -> subprocess.Popen:
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # a pipe nobody reads would fill and block it
     )
     from demo_shop.celery import app
 
@@ -85,3 +86,41 @@ def wait_for(condition: Callable[[], bool], timeout: float = 600, every: float =
 def median_of(runs: int, measure: Callable[[], float]) -> tuple[float, list[float]]:
     values = [measure() for _ in range(runs)]
     return statistics.median(values), values
+
+
+# --- results: every figure is a ratio to a reference measured in the same run ---------
+
+
+@dataclass
+class Figure:
+    """One row of the bench table.
+
+    ``value`` and ``reference_value`` are medians of the runs in ``runs`` and
+    ``reference_runs``; ``ratio`` is ``value / reference_value`` unless the module
+    says otherwise in ``note``. ``goal`` is the issue's target as text (``"≥ 0.5x"``,
+    ``"≤ 5 ms"``) and ``met`` whether the median reached it.
+    """
+
+    section: str
+    name: str
+    value: float
+    unit: str
+    reference: str
+    reference_value: float
+    goal: str
+    met: bool
+    runs: list[float] = field(default_factory=list)
+    reference_runs: list[float] = field(default_factory=list)
+    note: str = ""
+    ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.ratio and self.reference_value:
+            self.ratio = self.value / self.reference_value
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def medians(values: list[float]) -> float:
+    return statistics.median(values)
