@@ -11,6 +11,7 @@ Figures (each the median of 3 repetitions, with its reference from the same run)
 - a compensating step against a forward step (5 steps, then one that aborts).
 
 Standalone: ``python bench/saga_engine.py [--quick]``. Not a test: nothing is asserted.
+It empties the Redis database of ``CELERY_BROKER_URL`` (``make bench`` gives it its own).
 """
 
 from __future__ import annotations
@@ -36,16 +37,19 @@ def _wait_done(count: int, timeout: float = 300) -> None:
 
     deadline = time.monotonic() + timeout
     for _ in range(count):
-        left = deadline - time.monotonic()
-        if left <= 0 or broker().brpop([DONE_LIST], timeout=max(1, int(left))) is None:
-            raise TimeoutError(f"the bench runs did not finish within {timeout:.0f} s")
+        # Short blocking reads: redis-py's default socket timeout is 5 s.
+        while broker().brpop([DONE_LIST], timeout=2) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the bench runs did not finish within {timeout:.0f} s")
 
 
 def _reset() -> None:
-    from bench.benchapp.sagas import DONE_LIST, PREFIX, broker
+    """Start clean: no bench runs, and an empty broker database (the bench has its own
+    Redis index), so messages left by an interrupted run cannot skew the counts."""
+    from bench.benchapp.sagas import PREFIX, broker
     from sagaflow.models import Saga
 
-    broker().delete(DONE_LIST)
+    broker().flushdb()
     Saga.objects.filter(name__startswith=PREFIX).delete()
 
 
