@@ -82,16 +82,21 @@ def select_many(queries: Sequence[Query]) -> list[list[Any]]:
 
 
 def _pipelined(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[psycopg.Cursor]:
-    """Execute ``statements`` in one round trip (psycopg's pipeline mode)."""
+    """Execute ``statements`` in one round trip (psycopg's pipeline mode).
+
+    Errors come out as Django's (``django.db.OperationalError``…), which also marks
+    the connection for the health check between tasks, as Django's own cursor does.
+    """
     connection.ensure_connection()
     conn = connection.connection
     cursors = [psycopg.Cursor(conn) for _ in statements]
-    if len(statements) == 1:
-        cursors[0].execute(*statements[0])
-        return cursors
-    with conn.pipeline():
-        for cursor, (sql, params) in zip(cursors, statements, strict=True):
-            cursor.execute(sql, params)
+    with connection.wrap_database_errors:
+        if len(statements) == 1:
+            cursors[0].execute(*statements[0])
+            return cursors
+        with conn.pipeline():
+            for cursor, (sql, params) in zip(cursors, statements, strict=True):
+                cursor.execute(sql, params)
     return cursors
 
 
