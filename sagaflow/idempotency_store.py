@@ -131,11 +131,26 @@ def _table(using: str) -> str:
     return connections[using].ops.quote_name(IdempotencyKey._meta.db_table)
 
 
+# The in-flight claim row, as both claim statements insert it (each adds its own
+# FROM/WHERE and ON CONFLICT).
+_INSERT_CLAIM = """
+INSERT INTO {table} AS k
+    ("scope", "method", "route", "key", "fingerprint", "state", "lock_token",
+     "attempts", "locked_until", "expires_at", "created_at", "completed_at",
+     "response_status", "response_headers", "response_body")
+SELECT %(scope)s, %(method)s, %(route)s, %(key)s, %(fingerprint)s, 'in_flight',
+       %(token)s, 1,
+       statement_timestamp() + make_interval(secs => %(lease)s),
+       statement_timestamp() + make_interval(secs => %(ttl)s),
+       statement_timestamp(), NULL, NULL, '[]'::jsonb, NULL
+"""
+
 # A row may be (re)claimed when it expired and nobody holds a live lease on it, or
 # when it is in flight, its holder's lease lapsed (the process presumably died) and
 # the retry is the same request. A live in-flight claim is never taken, even past
 # its expiry: that would run the view twice at once.
-_CLAIM = """
+_CLAIM = (
+    """
 WITH lock AS (
     -- A key that is completed, or in flight under a live lease, needs no lock:
     -- the answer (replay, 409 or 422) is read below, so concurrent replays of a
@@ -148,17 +163,9 @@ WITH lock AS (
           AND ((live."state" = 'completed' AND live."expires_at" > statement_timestamp())
                OR (live."state" = 'in_flight' AND live."locked_until" > statement_timestamp()))
     )
-), claim AS (
-    INSERT INTO {table} AS k
-        ("scope", "method", "route", "key", "fingerprint", "state", "lock_token",
-         "attempts", "locked_until", "expires_at", "created_at", "completed_at",
-         "response_status", "response_headers", "response_body")
-    SELECT %(scope)s, %(method)s, %(route)s, %(key)s, %(fingerprint)s, 'in_flight',
-           %(token)s, 1,
-           statement_timestamp() + make_interval(secs => %(lease)s),
-           statement_timestamp() + make_interval(secs => %(ttl)s),
-           statement_timestamp(), NULL, NULL, '[]'::jsonb, NULL
-    FROM lock WHERE lock.got
+), claim AS ("""
+    + _INSERT_CLAIM
+    + """    FROM lock WHERE lock.got
     ON CONFLICT ("scope", "method", "route", "key") DO UPDATE SET
         "fingerprint" = EXCLUDED."fingerprint",
         "state" = 'in_flight',
@@ -191,6 +198,7 @@ LEFT JOIN {table} AS e
       AND e."scope" = %(scope)s AND e."method" = %(method)s
       AND e."route" = %(route)s AND e."key" = %(key)s
 """
+)
 
 
 # The key's row, and whether it answers by itself: completed and not expired
@@ -352,20 +360,13 @@ def reserve(
 
 # A key without a row: insert the claim if we get the lock and nobody inserted it
 # first. Returns nothing otherwise, and ``_CLAIM`` decides.
-_CLAIM_FRESH = """
-INSERT INTO {table} AS k
-    ("scope", "method", "route", "key", "fingerprint", "state", "lock_token",
-     "attempts", "locked_until", "expires_at", "created_at", "completed_at",
-     "response_status", "response_headers", "response_body")
-SELECT %(scope)s, %(method)s, %(route)s, %(key)s, %(fingerprint)s, 'in_flight',
-       %(token)s, 1,
-       statement_timestamp() + make_interval(secs => %(lease)s),
-       statement_timestamp() + make_interval(secs => %(ttl)s),
-       statement_timestamp(), NULL, NULL, '[]'::jsonb, NULL
-WHERE pg_try_advisory_xact_lock(hashtextextended(%(lock)s, 0))
+_CLAIM_FRESH = (
+    _INSERT_CLAIM
+    + """WHERE pg_try_advisory_xact_lock(hashtextextended(%(lock)s, 0))
 ON CONFLICT ("scope", "method", "route", "key") DO NOTHING
 RETURNING k."id"
 """
+)
 
 
 def claim(

@@ -149,20 +149,6 @@ _BATCH_JSON = (
 )
 
 
-def claim_batch(
-    limit: int,
-    *,
-    window: int | None = None,
-    keep_published: bool = True,
-    hold_limit: float = 10.0,
-    floor: int = 0,
-) -> list[ClaimedEvent]:
-    """``claim`` without the window's first id."""
-    return claim(
-        limit, window=window, keep_published=keep_published, hold_limit=hold_limit, floor=floor
-    )[0]
-
-
 def claim(
     limit: int,
     *,
@@ -266,8 +252,19 @@ def mark_failed(
     The next try waits ``backoff * 2**(attempts-1)`` capped at ``max_backoff``,
     with equal jitter, through ``available_at``: long waits live in PostgreSQL,
     never as a broker ETA (C5).
+
+    The relay calls this after rolling its claim back, so it first takes (waiting)
+    the ownership of the events' keys. Without it, another relay could own a key
+    while this update holds the key's first event locked: its ``SKIP LOCKED`` claim
+    would pass over that event and publish a later one of the key first.
     """
     with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_advisory_xact_lock(%s, hashtext(k))) FROM ("
+            f" SELECT DISTINCT key AS k FROM {OUTBOX}"
+            " WHERE id = ANY(%s) AND key IS NOT NULL ORDER BY 1) AS keys",
+            [OWNER_LOCK_NS, list(ids)],
+        )
         cursor.execute(
             f"UPDATE {OUTBOX} SET attempts = attempts + 1, last_error = %s,"
             "  state = CASE WHEN attempts + 1 >= %s THEN 'dead' ELSE 'pending' END,"

@@ -92,7 +92,7 @@ def assert_indexed(sql: str, table: str, index: str, max_rows: int) -> None:
 
 def test_relay_and_sweeper_queries_use_their_partial_indexes(big_tables):
     # One test, so the big tables are built once.
-    claim = [s for s in captured(lambda: outbox_store.claim_batch(BATCH)) if "FOR UPDATE" in s]
+    claim = [s for s in captured(lambda: outbox_store.claim(BATCH)) if "FOR UPDATE" in s]
     assert claim
     sql = re.sub(r"\s+FOR UPDATE OF e SKIP LOCKED", "", claim[-1])
     assert_indexed(sql, "sagaflow_outboxevent", "sagaflow_outbox_pending", max_rows=20 * BATCH)
@@ -101,9 +101,7 @@ def test_relay_and_sweeper_queries_use_their_partial_indexes(big_tables):
     # The same with a floor (what a relay uses between full claims).
     floor = OUTBOX_ROWS - 4 * BATCH
     claim = [
-        s
-        for s in captured(lambda: outbox_store.claim_batch(BATCH, floor=floor))
-        if "FOR UPDATE" in s
+        s for s in captured(lambda: outbox_store.claim(BATCH, floor=floor)) if "FOR UPDATE" in s
     ]
     sql = re.sub(r"\s+FOR UPDATE OF e SKIP LOCKED", "", claim[-1])
     assert_indexed(sql, "sagaflow_outboxevent", "sagaflow_outbox_pending", max_rows=20 * BATCH)
