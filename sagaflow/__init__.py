@@ -5,7 +5,6 @@ The public API is what this module exports; everything else is internal.
 """
 
 from .consumers import Event, consumer
-from .definition import Context, SagaDefinition, StepDefinition, define
 from .exceptions import (
     Abort,
     ConfigurationError,
@@ -27,8 +26,9 @@ from .exceptions import (
     UnknownSagaError,
 )
 from .outbox import publish
-from .registry import get_definition
 from .retry import Retry
+from .saga.definition import Context, SagaDefinition, StepDefinition
+from .saga.registry import define, get_definition
 
 __all__ = [
     "Abort",

@@ -22,7 +22,7 @@ from django.db import connections
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from .conf import conf
-from .registry import all_definitions
+from .saga.registry import all_definitions
 
 MIDDLEWARE = "sagaflow.middleware.IdempotencyMiddleware"
 AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"

@@ -9,7 +9,8 @@ from __future__ import annotations
 from celery import Task, shared_task
 from django.db import InterfaceError, OperationalError
 
-from . import engine, sweeper
+from .ops.janitor import clean
+from .saga import engine, sweeper
 
 #: Options of every task that must run at least once: acked after it ran, returned
 #: to the queue if its process dies, and retried shortly after a database restart
@@ -37,8 +38,6 @@ def sweep() -> dict[str, int]:
 
 @shared_task(name="sagaflow.janitor", ignore_result=True)
 def janitor() -> dict[str, int]:
-    # Imported here so this append-only block stays self-contained.
-    from .janitor import clean
 
     return clean()
 

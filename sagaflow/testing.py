@@ -15,10 +15,11 @@ from typing import Any
 
 from django.db.models.functions import Now
 
-from . import dispatch, engine, faults, store, sweeper
-from .definition import SagaDefinition
+from . import faults
 from .models import Saga, SagaState, SagaStep, StepState
-from .store import now_minus
+from .saga import dispatch, engine, store, sweeper
+from .saga.definition import SagaDefinition
+from .saga.store import now_minus
 
 __all__ = ["armed_fault", "captured_dispatches", "drive", "expire_leases", "run_inline"]
 

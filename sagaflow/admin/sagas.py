@@ -1,7 +1,7 @@
 """The saga admin, for the people on call: see what is stuck and why, and repair it.
 
 Everything is read-only; the only writes are the *retry* and *compensate* actions,
-each a call into ``sagaflow.operations`` (never a bulk ``update()``), each guarded by
+each a call into ``sagaflow.ops`` (never a bulk ``update()``), each guarded by
 its own permission and recorded in the admin log with the user who ran it.
 """
 
@@ -17,12 +17,13 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import ngettext
 
-from .. import operations, store
 from ..conf import conf
 from ..exceptions import ActionRefused, UnknownSagaError
-from ..graph import mermaid
 from ..models import Saga, SagaStep
-from ..registry import get_definition
+from ..ops import operations
+from ..saga import scans
+from ..saga.graph import mermaid
+from ..saga.registry import get_definition
 from .common import SHOWN_REFUSALS, ReadOnlyMixin, error_details, json_block
 
 
@@ -88,7 +89,7 @@ class StuckFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         if self.value() == "yes":
-            return queryset & store.stuck(conf.STUCK_AFTER)
+            return queryset & scans.stuck(conf.STUCK_AFTER)
         return queryset
 
 

@@ -9,8 +9,8 @@ import signal
 
 import pytest
 
-from sagaflow import sweeper
 from sagaflow.models import SagaState, SagaStep, StepState
+from sagaflow.saga import sweeper
 from sagaflow.testing import captured_dispatches
 from tests.processes import Worker, wait_until
 from tests.sagaapp import sagas

@@ -5,8 +5,8 @@ The test process plays celery beat: it runs the sweeper while it waits.
 
 import pytest
 
-from sagaflow import sweeper
 from sagaflow.models import Saga, SagaState, SagaStep, StepState
+from sagaflow.saga import sweeper
 from sagaflow.testing import captured_dispatches
 from tests.processes import Beat, wait_until
 from tests.sagaapp import sagas

@@ -17,8 +17,9 @@ from django.db.models import Count
 
 from demo_shop import invariants
 from demo_shop.models import Order, OrderStatus, ServiceRequest, Shipment
-from sagaflow import consumers, registry
+from sagaflow import consumers
 from sagaflow.models import InboxMessage, OutboxEvent, Saga, SagaStep
+from sagaflow.saga import registry
 
 from .load import LoadStats
 

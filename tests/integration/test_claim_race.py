@@ -6,8 +6,8 @@ import uuid
 import pytest
 from django.db import connection
 
-from sagaflow import engine
 from sagaflow.models import SagaStep
+from sagaflow.saga import engine
 from sagaflow.testing import captured_dispatches
 from tests.sagaapp import sagas
 

@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 import sagaflow
-from sagaflow import engine, registry, signals
+from sagaflow import signals
 from sagaflow.exceptions import (
     FaultInjected,
     InvalidInputError,
@@ -14,6 +14,7 @@ from sagaflow.exceptions import (
     UnknownSagaError,
 )
 from sagaflow.models import Saga, SagaState, SagaStep, StepState
+from sagaflow.saga import engine, registry
 from sagaflow.testing import armed_fault, captured_dispatches, drive, expire_leases, run_inline
 from tests.sagaapp import sagas
 from tests.sagaapp.models import AtomicWrite, Call, Effect

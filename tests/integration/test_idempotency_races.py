@@ -19,8 +19,8 @@ from django.test.utils import CaptureQueriesContext
 
 from sagaflow import idempotency_store as store
 from sagaflow import tasks
-from sagaflow.janitor import clean
 from sagaflow.models import IdempotencyKey, IdempotencyKeyState
+from sagaflow.ops.janitor import clean
 from sagaflow.testing import armed_fault
 from tests.idempotency_support import some_lease_lapsed, wait_until
 from tests.idempotency_views import MIDDLEWARE, recorder

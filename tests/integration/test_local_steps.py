@@ -5,9 +5,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 import sagaflow
-from sagaflow import engine
 from sagaflow.exceptions import DefinitionError, FaultInjected
 from sagaflow.models import SagaState, SagaStep, StepState
+from sagaflow.saga import engine
 from sagaflow.testing import armed_fault, captured_dispatches, drive, expire_leases
 from tests.sagaapp import sagas
 from tests.sagaapp.models import Call, Effect

@@ -5,9 +5,9 @@ import threading
 import pytest
 from django.db import connection
 
-from sagaflow import operations
 from sagaflow.exceptions import ActionRefused
 from sagaflow.models import Saga, SagaState, SagaStep
+from sagaflow.ops import operations
 from sagaflow.testing import armed_fault, captured_dispatches, drive, run_inline
 from tests.sagaapp import sagas
 from tests.sagaapp.models import Call

@@ -9,9 +9,10 @@ from django.db import transaction
 from django.test import override_settings
 
 import sagaflow
-from sagaflow import consumers, inbox_store, janitor, outbox_store, relay
+from sagaflow import consumers, inbox_store, outbox_store, relay
 from sagaflow.context import Execution, executing
 from sagaflow.models import InboxMessage, InboxState, OutboxEvent, OutboxState
+from sagaflow.ops import janitor
 from sagaflow.testing import armed_fault
 from tests.outboxapp import sagas
 from tests.outboxapp.broker import BrokerQueue

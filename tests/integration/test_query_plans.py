@@ -12,7 +12,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from sagaflow import outbox_store, store
+from sagaflow import outbox_store
+from sagaflow.saga import scans
 
 pytestmark = pytest.mark.django_db
 
@@ -106,10 +107,10 @@ def test_relay_and_sweeper_queries_use_their_partial_indexes(big_tables):
     sql = re.sub(r"\s+FOR UPDATE OF e SKIP LOCKED", "", claim[-1])
     assert_indexed(sql, "sagaflow_outboxevent", "sagaflow_outbox_pending", max_rows=20 * BATCH)
 
-    (leases,) = captured(lambda: store.expired_leases(500))
+    (leases,) = captured(lambda: scans.expired_leases(500))
     assert_indexed(leases, "sagaflow_sagastep", "sagaflow_step_leased", max_rows=1000)
-    (deadlines,) = captured(lambda: store.overdue_sagas(500))
+    (deadlines,) = captured(lambda: scans.overdue_sagas(500))
     assert_indexed(deadlines, "sagaflow_saga", "sagaflow_saga_live_deadline", max_rows=1000)
-    waiting = [s for s in captured(lambda: store.take_lost_dispatches(500, 0)) if "FOR UPDATE" in s]
+    waiting = [s for s in captured(lambda: scans.take_lost_dispatches(500, 0)) if "FOR UPDATE" in s]
     sql = re.sub(r"\s+FOR UPDATE OF .*$", "", waiting[0])
     assert_indexed(sql, "sagaflow_sagastep", "sagaflow_step_waiting", max_rows=1000)

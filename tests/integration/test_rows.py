@@ -6,8 +6,8 @@ import psycopg
 import pytest
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
-from sagaflow import rows
 from sagaflow.models import Saga
+from sagaflow.saga import rows
 from tests.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -6,8 +6,9 @@ from datetime import timedelta
 import pytest
 
 import sagaflow
-from sagaflow import DefinitionError, Retry, registry
+from sagaflow import DefinitionError, Retry
 from sagaflow.jsonvalue import ensure_json
+from sagaflow.saga import registry
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from sagaflow import Retry
-from sagaflow.machine import (
+from sagaflow.saga.machine import (
     Compensate,
     Fail,
     RetryLater,

@@ -31,8 +31,8 @@ from django.test.utils import override_settings
 from demo_shop import invariants, orders, seed, tasks
 from demo_shop.celery import app
 from demo_shop.models import Order, OrderEvent, OrderStatus, Product, ServiceRequest, Style
-from sagaflow import sweeper
 from sagaflow.models import SagaStep, StepState
+from sagaflow.saga import sweeper
 
 UNDO_DETAILS = ("shipment cancelled", "payment voided or refunded", "stock released")
 

@@ -10,10 +10,10 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from sagaflow import health, operations
 from sagaflow.exceptions import ActionRefused, UnknownSagaError
-from sagaflow.graph import mermaid
-from sagaflow.registry import get_definition
+from sagaflow.ops import health, operations
+from sagaflow.saga.graph import mermaid
+from sagaflow.saga.registry import get_definition
 
 
 class Command(BaseCommand):

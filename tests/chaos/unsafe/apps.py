@@ -9,7 +9,7 @@ class UnsafeConfig(AppConfig):
     label = "chaos_unsafe"
 
     def ready(self) -> None:
-        from sagaflow import dispatch
+        from sagaflow.saga import dispatch
 
         def send_now(step_id, phase, *, countdown=None, timeout=None):
             dispatch.send(step_id, phase, countdown=countdown, timeout=timeout)

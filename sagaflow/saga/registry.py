@@ -1,17 +1,34 @@
-"""The saga definitions known to this process, filled by importing apps' ``sagas.py``."""
+"""The saga definitions known to this process: ``define`` creates and registers one,
+workers look them up by the name stored with each run. Filled by importing every
+installed app's ``sagas.py``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+from datetime import timedelta
 
 from django.utils.module_loading import autodiscover_modules
 
-from .exceptions import DefinitionError, UnknownSagaError
-
-if TYPE_CHECKING:
-    from .definition import SagaDefinition
+from ..exceptions import DefinitionError, UnknownSagaError
+from .definition import SagaDefinition
 
 _definitions: dict[str, SagaDefinition] = {}
+
+
+def define(
+    name: str, *, deadline: timedelta | None = None, local_steps: bool = False
+) -> SagaDefinition:
+    """Create and register a saga definition (call it at module level in ``sagas.py``).
+
+    ``local_steps=True`` runs each step that follows a recorded one in the same
+    Celery task, right after the record's commit (which also claims it), instead of
+    sending it to the broker: one commit and no broker hop per step, at the price of
+    one worker process carrying the run from start to end. See the README.
+    """
+    caller = sys._getframe(1).f_globals.get("__name__", "?")
+    definition = SagaDefinition(name, deadline=deadline, module=caller, local_steps=local_steps)
+    register(definition)
+    return definition
 
 
 def register(definition: SagaDefinition) -> None:

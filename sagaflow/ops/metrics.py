@@ -16,7 +16,7 @@ try:
 except ImportError:  # the optional dependency is not installed: no metrics
     prometheus_client = None  # type: ignore[assignment]
 
-from . import signals
+from .. import signals
 
 if prometheus_client is not None:
     STEP_DURATION = prometheus_client.Histogram(
@@ -46,7 +46,7 @@ class OutboxCollector:
         yield GaugeMetricFamily(*self.LAG)
 
     def collect(self) -> Any:
-        from . import outbox_store
+        from .. import outbox_store
 
         backlog = outbox_store.backlog()
         events = GaugeMetricFamily(*self.EVENTS, labels=["state"])

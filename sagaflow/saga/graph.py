@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+from ..models import Saga, StepState
 from .definition import SagaDefinition
-from .models import Saga, StepState
 
 _CLASSES = {
     StepState.SUCCEEDED: "done",

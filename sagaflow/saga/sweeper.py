@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
-from . import recovery, store
-from .conf import conf
+from ..conf import conf
+from . import recovery, scans
 
 logger = logging.getLogger("sagaflow.sweeper")
 
@@ -31,11 +31,11 @@ class SweepReport:
 def sweep() -> SweepReport:
     report = SweepReport()
     batch = conf.SWEEP_BATCH_SIZE
-    for step_id in store.expired_leases(batch):
+    for step_id in scans.expired_leases(batch):
         report.expired_leases += recovery.recover_expired_lease(step_id)
-    for saga_id in store.overdue_sagas(batch):
+    for saga_id in scans.overdue_sagas(batch):
         report.deadlines += recovery.enforce_deadline(saga_id)
-    for item in store.take_lost_dispatches(batch, conf.REDISPATCH_AFTER):
+    for item in scans.take_lost_dispatches(batch, conf.REDISPATCH_AFTER):
         recovery.redispatch(item)
         report.redispatched += 1
     if report.expired_leases or report.deadlines or report.redispatched:

@@ -1,6 +1,7 @@
-"""The definition API: ``define``, ``@saga.step``, ``@step.compensation`` and ``ctx``.
+"""The definition API: ``@saga.step``, ``@step.compensation`` and ``ctx``.
 
-Definitions are plain data built at import time. Everything that can be checked
+Definitions are plain data built at import time (``sagaflow.define`` creates and
+registers one: see ``registry``). Everything that can be checked
 without a database is checked here, so a malformed saga fails when its module is
 imported, not in a worker at three in the morning.
 """
@@ -9,19 +10,17 @@ from __future__ import annotations
 
 import inspect
 import re
-import sys
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
-from . import registry
-from .exceptions import DefinitionError
-from .retry import Retry
+from ..exceptions import ConfigurationError, DefinitionError
+from ..retry import Retry
 
 if TYPE_CHECKING:
-    from .models import Saga
+    from ..models import Saga
 
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,99}$")
 
@@ -254,22 +253,32 @@ class SagaDefinition:
         With a ``key`` already used for this saga, the existing run is returned and
         nothing new is started.
         """
-        from .engine import start
+        if _starter is None:
+            raise ConfigurationError(
+                f"Cannot start saga {self.name!r}: sagaflow is not set up in this process. "
+                f"Add 'sagaflow' to INSTALLED_APPS and call django.setup() (manage.py and "
+                f"Celery's Django fixup do) before starting sagas."
+            )
+        return _starter(self, data, key=key, correlation_id=correlation_id)
 
-        return start(self, data, key=key, correlation_id=correlation_id)
+
+class Starter(Protocol):
+    def __call__(
+        self,
+        definition: SagaDefinition,
+        data: Any,
+        *,
+        key: str | None,
+        correlation_id: str | None,
+    ) -> Saga: ...
 
 
-def define(
-    name: str, *, deadline: timedelta | None = None, local_steps: bool = False
-) -> SagaDefinition:
-    """Create and register a saga definition (call it at module level in ``sagas.py``).
+#: The engine's ``start``, installed by ``SagaflowConfig.ready()``. A definition is
+#: plain data built at import time, before Django's models can be imported, so it
+#: is handed the engine instead of importing it (the engine imports definitions).
+_starter: Starter | None = None
 
-    ``local_steps=True`` runs each step that follows a recorded one in the same
-    Celery task, right after the record's commit (which also claims it), instead of
-    sending it to the broker: one commit and no broker hop per step, at the price of
-    one worker process carrying the run from start to end. See the README.
-    """
-    caller = sys._getframe(1).f_globals.get("__name__", "?")
-    definition = SagaDefinition(name, deadline=deadline, module=caller, local_steps=local_steps)
-    registry.register(definition)
-    return definition
+
+def install_starter(starter: Starter) -> None:
+    global _starter
+    _starter = starter

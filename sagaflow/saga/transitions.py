@@ -15,13 +15,14 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from . import continuation, dispatch, machine, signals, store
-from .conf import conf
+from .. import signals
+from ..conf import conf
+from ..exceptions import DefinitionMismatchError
+from ..models import Saga, SagaState, SagaStep, StepState
+from ..retry import Retry
+from . import continuation, dispatch, machine, store
 from .definition import SagaDefinition, StepDefinition
-from .exceptions import DefinitionMismatchError
-from .models import Saga, SagaState, SagaStep, StepState
 from .registry import get_definition
-from .retry import Retry
 
 logger = logging.getLogger("sagaflow.engine")
 

@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from django.db import transaction
 
-from .conf import conf
+from .. import sending
+from ..conf import conf
 
 logger = logging.getLogger("sagaflow.dispatch")
 
@@ -31,8 +32,6 @@ def send(
     if _interceptor is not None:
         _interceptor(step_id, phase)
         return
-    from .tasks import execute_step
-
     options: dict = {"retry": True, "retry_policy": _RETRY_POLICY}
     if countdown:
         options["countdown"] = countdown
@@ -44,7 +43,7 @@ def send(
     if conf.QUEUE:
         options["queue"] = conf.QUEUE
     try:
-        execute_step.apply_async((step_id, phase), **options)
+        sending.send_task(sending.EXECUTE_STEP, (step_id, phase), **options)
     except Exception:  # the broker is down: the sweeper will send it again
         logger.warning(
             "could not send step %s (%s) to the broker; the sweeper will resend it",

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import outbox_store, store
-from .conf import conf
-from .models import SagaState
+from .. import outbox_store
+from ..conf import conf
+from ..models import SagaState
+from ..saga import scans
 
 
 @dataclass
@@ -26,12 +27,12 @@ class Health:
 
 def check(stuck_after: float | None = None, show: int = 20) -> Health:
     after = conf.STUCK_AFTER if stuck_after is None else stuck_after
-    stuck = store.stuck(after)
+    stuck = scans.stuck(after)
     health = Health(
-        sagas_by_state=store.counts_by_state(),
+        sagas_by_state=scans.counts_by_state(),
         stuck=list(stuck.order_by("updated_at").values("id", "name", "state", "updated_at")[:show]),
         stuck_count=stuck.count(),
-        oldest_live_age=store.oldest_live_age(),
+        oldest_live_age=scans.oldest_live_age(),
         outbox=outbox_store.backlog(),
     )
     failed = health.sagas_by_state.get(SagaState.FAILED, 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .retry import Retry
+from ..retry import Retry
 
 
 @dataclass(frozen=True)

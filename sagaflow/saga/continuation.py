@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from ..models import SagaStep
 from . import store
-from .models import SagaStep
 
 
 @dataclass(frozen=True)

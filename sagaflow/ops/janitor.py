@@ -7,8 +7,8 @@ only sequences them and reports counts, so adding a kind is one line.
 
 from __future__ import annotations
 
-from . import idempotency_store, inbox_store, outbox_store
-from .conf import conf
+from .. import idempotency_store, inbox_store, outbox_store
+from ..conf import conf
 
 
 def clean() -> dict[str, int]:

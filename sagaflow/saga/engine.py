@@ -29,11 +29,10 @@ from typing import Any
 
 from django.db import transaction
 
-from . import continuation, dispatch, rows, signals, store
-from .conf import conf
-from .context import Execution, current_execution, executing
-from .definition import Context, SagaDefinition, StepDefinition, StepFunction
-from .exceptions import (
+from .. import signals
+from ..conf import conf
+from ..context import Execution, current_execution, executing
+from ..exceptions import (
     Abort,
     DefinitionError,
     DefinitionMismatchError,
@@ -42,9 +41,11 @@ from .exceptions import (
     NotSerializableError,
     UnknownSagaError,
 )
-from .faults import fault_point
-from .jsonvalue import ensure_json
-from .models import Saga, SagaStep
+from ..faults import fault_point
+from ..jsonvalue import ensure_json
+from ..models import Saga, SagaStep
+from . import continuation, creation, dispatch, rows, store
+from .definition import Context, SagaDefinition, StepDefinition, StepFunction
 from .transitions import (
     COMPENSATE,
     FORWARD,
@@ -94,7 +95,7 @@ def start(
         correlation_id = outer.correlation_id
 
     with transaction.atomic():
-        saga, first_step_id = store.insert_run(
+        saga, first_step_id = creation.insert_run(
             name=definition.name,
             key=key,
             data=data,

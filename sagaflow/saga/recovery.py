@@ -11,10 +11,10 @@ import uuid
 
 from django.db import transaction
 
-from . import dispatch, store
-from .conf import conf
-from .exceptions import DefinitionMismatchError, UnknownSagaError
-from .models import SagaState, StepState
+from ..conf import conf
+from ..exceptions import DefinitionMismatchError, UnknownSagaError
+from ..models import SagaState, StepState
+from . import dispatch, scans, store
 from .registry import get_definition
 from .transitions import (
     COMPENSATE,
@@ -79,7 +79,7 @@ def enforce_deadline(saga_id: uuid.UUID) -> bool:
     return True
 
 
-def redispatch(item: store.Redispatch) -> None:
+def redispatch(item: scans.Redispatch) -> None:
     try:
         step_def = get_definition(item.saga_name).steps[item.index]
         timeout = task_time_limit(step_def, item.phase)

@@ -13,26 +13,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
 from django.db.models import (
-    Count,
     DateTimeField,
-    DurationField,
     ExpressionWrapper,
-    F,
-    Q,
-    QuerySet,
     Subquery,
 )
 from django.db.models.functions import Now
-from django.utils import timezone
 
+from ..models import Saga, SagaState, SagaStep, StepState
 from . import rows
-from .models import Saga, SagaState, SagaStep, StepState
 
 FORWARD = "forward"
 COMPENSATE = "compensate"
@@ -55,132 +47,6 @@ def relax_durability() -> None:
     """
     if rows.native():
         rows.execute("SET LOCAL synchronous_commit TO OFF")
-
-
-# --- creating runs -------------------------------------------------------------
-
-
-def insert_run(
-    *,
-    name: str,
-    key: str | None,
-    data: Any,
-    correlation_id: str | None,
-    deadline: timedelta | None,
-    step_names: Sequence[str],
-) -> tuple[Saga, int | None]:
-    """Insert a run and its steps; returns it with its first step's id (due now).
-
-    With a ``key`` already used for ``name`` the existing run comes back with
-    ``None``: nothing was inserted. The unique constraint on (name, key) makes
-    concurrent starts with the same key safe: the loser's INSERT waits for the
-    winner's commit, fails, and reads the winner's row.
-    """
-    saga_id = uuid.uuid4()
-    if rows.native():
-        return _insert_run_native(
-            saga_id, name, key, data, correlation_id or str(saga_id), deadline, step_names
-        )
-    fields = {
-        "id": saga_id,
-        "name": name,
-        "key": key,
-        "data": data,
-        "correlation_id": correlation_id or str(saga_id),
-        "deadline_at": now_plus(deadline.total_seconds()) if deadline else None,
-    }
-    try:
-        with transaction.atomic():
-            saga = Saga.objects.create(**fields)
-    except IntegrityError:
-        if key is None:
-            raise
-        return Saga.objects.get(name=name, key=key), None
-    steps = SagaStep.objects.bulk_create(
-        SagaStep(
-            saga=saga,
-            index=i,
-            name=step_name,
-            due_at=Now() if i == 0 else None,
-            dispatched_at=Now() if i == 0 else None,
-        )
-        for i, step_name in enumerate(step_names)
-    )
-    if deadline:
-        saga.refresh_from_db(fields=["deadline_at"])  # computed on the database clock
-    first = steps[0].pk
-    if first is None:  # a backend that cannot return ids from a bulk insert
-        first = SagaStep.objects.values_list("pk", flat=True).get(saga=saga, index=0)
-    return saga, first
-
-
-#: The run and its steps in one statement (one round trip). ``ON CONFLICT … DO NOTHING``
-#: on the (name, key) constraint: a key already used inserts neither. Timestamps
-#: written by Django's auto_now fields come from the caller, as ``create`` would.
-_INSERT_RUN = """
-WITH s AS (
-    INSERT INTO sagaflow_saga (id, name, key, state, data, results, correlation_id,
-        current_step, deadline_at, created_at, updated_at, finished_at, error)
-    VALUES (%(id)s, %(name)s, %(key)s, 'running', %(data)s, '{}'::jsonb, %(correlation_id)s,
-        0, STATEMENT_TIMESTAMP() + %(deadline)s * interval '1 second', %(now)s, %(now)s,
-        NULL, '')
-    ON CONFLICT (name, key) WHERE key IS NOT NULL DO NOTHING
-    RETURNING id, deadline_at
-), st AS (
-    INSERT INTO sagaflow_sagastep (saga_id, "index", name, state, attempts,
-        compensation_attempts, result, error, interrupted, due_at, dispatched_at,
-        lease_token, lease_expires_at, started_at, finished_at, compensated_at, history)
-    SELECT s.id, v.n - 1, v.name, 'pending', 0, 0, NULL, '', false,
-        CASE WHEN v.n = 1 THEN STATEMENT_TIMESTAMP() END,
-        CASE WHEN v.n = 1 THEN STATEMENT_TIMESTAMP() END,
-        NULL, NULL, NULL, NULL, NULL, '[]'::jsonb
-    FROM s, unnest(%(names)s::text[]) WITH ORDINALITY AS v(name, n)
-    RETURNING id, "index"
-)
-SELECT s.deadline_at, (SELECT id FROM st WHERE "index" = 0) FROM s
-"""
-
-
-def _insert_run_native(
-    saga_id: uuid.UUID,
-    name: str,
-    key: str | None,
-    data: Any,
-    correlation_id: str,
-    deadline: timedelta | None,
-    step_names: Sequence[str],
-) -> tuple[Saga, int | None]:
-    now = timezone.now()
-    params = {
-        "id": saga_id,
-        "name": name,
-        "key": key,
-        "data": Saga._meta.get_field("data").get_db_prep_save(data, connection),
-        "correlation_id": correlation_id,
-        "deadline": deadline.total_seconds() if deadline else None,
-        "now": now,
-        "names": list(step_names),
-    }
-    with connection.cursor() as cursor:
-        cursor.execute(_INSERT_RUN, params)
-        row = cursor.fetchone()
-    if row is None:  # the key was taken: that run, and nothing inserted
-        return Saga.objects.get(name=name, key=key), None
-    deadline_at, first = row
-    saga = Saga(
-        id=saga_id,
-        name=name,
-        key=key,
-        data=data,
-        results={},
-        correlation_id=correlation_id,
-        deadline_at=deadline_at,
-        created_at=now,
-        updated_at=now,
-    )
-    saga._state.adding = False
-    saga._state.db = connection.alias
-    return saga, first
 
 
 # --- locking and reading one run ----------------------------------------------------
@@ -404,83 +270,6 @@ def finish_saga(saga: Saga, state: str, error: str = "", also: Sequence[str] = (
         saga.error = error
         fields.append("error")
     save_saga(saga, *fields)
-
-
-# --- what the sweeper looks for -----------------------------------------------------
-
-
-def expired_leases(limit: int) -> list[int]:
-    return list(
-        SagaStep.objects.filter(lease_token__isnull=False, lease_expires_at__lt=Now())
-        .order_by("lease_expires_at")
-        .values_list("pk", flat=True)[:limit]
-    )
-
-
-def overdue_sagas(limit: int) -> list[uuid.UUID]:
-    return list(
-        Saga.objects.filter(state=SagaState.RUNNING, deadline_at__lt=Now())
-        .order_by("deadline_at")
-        .values_list("pk", flat=True)[:limit]
-    )
-
-
-@dataclass(frozen=True)
-class Redispatch:
-    step_id: int
-    phase: str
-    saga_name: str
-    index: int
-
-
-def take_lost_dispatches(limit: int, redispatch_after: float) -> list[Redispatch]:
-    """Waiting steps that are due and whose message should have run by now.
-
-    Each is stamped as sent again in the same statement, under SKIP LOCKED, so two
-    sweepers running at once (two beats) send one message, not two.
-    """
-    due = Q(lease_token__isnull=True, due_at__lte=Now()) & (
-        Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=now_minus(redispatch_after))
-    )
-    forward = Q(state=StepState.PENDING, saga__state=SagaState.RUNNING)
-    backward = Q(state=StepState.COMPENSATING, saga__state=SagaState.COMPENSATING)
-    with transaction.atomic():
-        rows = list(
-            SagaStep.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(due & (forward | backward))
-            .values_list("pk", "state", "saga__name", "index")
-            .order_by("due_at")[:limit]
-        )
-        SagaStep.objects.filter(pk__in=[r[0] for r in rows]).update(dispatched_at=Now())
-    return [
-        Redispatch(pk, FORWARD if state == StepState.PENDING else COMPENSATE, name, index)
-        for pk, state, name, index in rows
-    ]
-
-
-LIVE_STATES = (SagaState.RUNNING, SagaState.COMPENSATING)
-
-
-def counts_by_state() -> dict[str, int]:
-    rows = Saga.objects.values_list("state").annotate(n=Count("pk")).order_by()
-    return {state: n for state, n in rows}
-
-
-def stuck(after: float) -> QuerySet[Saga]:
-    """Live runs with no progress (no write to their row) for ``after`` seconds."""
-    return Saga.objects.filter(state__in=LIVE_STATES, updated_at__lt=now_minus(after))
-
-
-def oldest_live_age() -> float | None:
-    """Seconds since the oldest live run started, on the database clock."""
-    row = (
-        Saga.objects.filter(state__in=LIVE_STATES)
-        .annotate(age=ExpressionWrapper(Now() - F("created_at"), output_field=DurationField()))
-        .order_by("created_at")
-        .values_list("age", flat=True)
-        .first()
-    )
-    return row.total_seconds() if row is not None else None
 
 
 def stalled(step: SagaStep) -> bool:

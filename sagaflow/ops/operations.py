@@ -13,12 +13,12 @@ import uuid
 
 from django.db import transaction
 
-from . import store
-from .conf import conf
-from .exceptions import ActionRefused, DefinitionMismatchError, UnknownSagaError
-from .models import Saga, SagaState, SagaStep, StepState
-from .registry import get_definition
-from .transitions import (
+from ..conf import conf
+from ..exceptions import ActionRefused, DefinitionMismatchError, UnknownSagaError
+from ..models import Saga, SagaState, SagaStep, StepState
+from ..saga import store
+from ..saga.registry import get_definition
+from ..saga.transitions import (
     COMPENSATE,
     FORWARD,
     Outcome,

@@ -1,0 +1,92 @@
+"""Read-only queries across runs: the sweeper's work lists and the monitoring figures.
+
+The engine's own reads and writes of one run are in ``store``; these look at many
+runs at once, so each is bounded (a ``limit``) or served by an index
+(``tests/integration/test_query_plans.py`` guards the plans).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, QuerySet
+from django.db.models.functions import Now
+
+from ..models import Saga, SagaState, SagaStep, StepState
+from .store import COMPENSATE, FORWARD, now_minus
+
+
+def expired_leases(limit: int) -> list[int]:
+    return list(
+        SagaStep.objects.filter(lease_token__isnull=False, lease_expires_at__lt=Now())
+        .order_by("lease_expires_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
+def overdue_sagas(limit: int) -> list[uuid.UUID]:
+    return list(
+        Saga.objects.filter(state=SagaState.RUNNING, deadline_at__lt=Now())
+        .order_by("deadline_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
+@dataclass(frozen=True)
+class Redispatch:
+    step_id: int
+    phase: str
+    saga_name: str
+    index: int
+
+
+def take_lost_dispatches(limit: int, redispatch_after: float) -> list[Redispatch]:
+    """Waiting steps that are due and whose message should have run by now.
+
+    Each is stamped as sent again in the same statement, under SKIP LOCKED, so two
+    sweepers running at once (two beats) send one message, not two.
+    """
+    due = Q(lease_token__isnull=True, due_at__lte=Now()) & (
+        Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=now_minus(redispatch_after))
+    )
+    forward = Q(state=StepState.PENDING, saga__state=SagaState.RUNNING)
+    backward = Q(state=StepState.COMPENSATING, saga__state=SagaState.COMPENSATING)
+    with transaction.atomic():
+        rows = list(
+            SagaStep.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(due & (forward | backward))
+            .values_list("pk", "state", "saga__name", "index")
+            .order_by("due_at")[:limit]
+        )
+        SagaStep.objects.filter(pk__in=[r[0] for r in rows]).update(dispatched_at=Now())
+    return [
+        Redispatch(pk, FORWARD if state == StepState.PENDING else COMPENSATE, name, index)
+        for pk, state, name, index in rows
+    ]
+
+
+LIVE_STATES = (SagaState.RUNNING, SagaState.COMPENSATING)
+
+
+def counts_by_state() -> dict[str, int]:
+    rows = Saga.objects.values_list("state").annotate(n=Count("pk")).order_by()
+    return {state: n for state, n in rows}
+
+
+def stuck(after: float) -> QuerySet[Saga]:
+    """Live runs with no progress (no write to their row) for ``after`` seconds."""
+    return Saga.objects.filter(state__in=LIVE_STATES, updated_at__lt=now_minus(after))
+
+
+def oldest_live_age() -> float | None:
+    """Seconds since the oldest live run started, on the database clock."""
+    row = (
+        Saga.objects.filter(state__in=LIVE_STATES)
+        .annotate(age=ExpressionWrapper(Now() - F("created_at"), output_field=DurationField()))
+        .order_by("created_at")
+        .values_list("age", flat=True)
+        .first()
+    )
+    return row.total_seconds() if row is not None else None
