@@ -31,6 +31,16 @@ class Defaults:
     #: longer ones wait in PostgreSQL for the sweeper (broker ETAs longer than
     #: the visibility timeout are redelivered again and again).
     MAX_COUNTDOWN: float = 30.0
+    #: Bounds on the engine's own transactions (PostgreSQL; seconds, set with
+    #: ``SET LOCAL`` in the statement batch that takes the run's lock, so they cost
+    #: no round trip). A lock wait longer than ``LOCK_TIMEOUT`` fails the task, which
+    #: Celery retries; a session idle inside a transaction for longer than
+    #: ``IDLE_IN_TRANSACTION_TIMEOUT`` (a frozen or partitioned worker holding a
+    #: run's lock) is ended by PostgreSQL, which releases the lock. An atomic step's
+    #: transaction gets its step's timeout plus ``LEASE_GRACE`` for both instead.
+    LOCK_TIMEOUT: float = 10.0
+    STATEMENT_TIMEOUT: float = 30.0
+    IDLE_IN_TRANSACTION_TIMEOUT: float = 30.0
     #: How many rows one sweep handles per kind of work, so a sweep stays short.
     SWEEP_BATCH_SIZE: int = 500
     #: Celery queue for sagaflow's messages (None: the default queue).

@@ -43,7 +43,7 @@ from ..exceptions import (
 )
 from ..faults import fault_point
 from ..jsonvalue import ensure_json
-from ..models import Saga, SagaStep
+from ..models import Saga, SagaState, SagaStep
 from . import continuation, creation, dispatch, rows, store
 from .definition import Context, SagaDefinition, StepDefinition, StepFunction
 from .transitions import (
@@ -77,18 +77,23 @@ def start(
             f"Saga {definition.name!r} has no steps; add one with @{definition.name}.step."
         )
     if key is not None:
-        if not isinstance(key, str) or not key:
-            raise InvalidInputError(f"key={key!r} must be a non-empty str or None.")
+        if not isinstance(key, str) or not key or "\x00" in key:
+            raise InvalidInputError(
+                f"key={key!r:.80} must be a non-empty str without NUL characters, or None."
+            )
         if len(key) > conf.KEY_MAX_LENGTH:
             raise InvalidInputError(
                 f"key is {len(key)} characters long; the limit is {conf.KEY_MAX_LENGTH} "
                 f"(SAGAFLOW['KEY_MAX_LENGTH']). Hash long natural keys first."
             )
     if correlation_id is not None and (
-        not isinstance(correlation_id, str) or not 0 < len(correlation_id) <= 200
+        not isinstance(correlation_id, str)
+        or not 0 < len(correlation_id) <= 200
+        or "\x00" in correlation_id
     ):
         raise InvalidInputError(
-            f"correlation_id={correlation_id!r} must be a str of 1 to 200 characters."
+            f"correlation_id={correlation_id!r:.80} must be a str of 1 to 200 characters "
+            f"without NUL characters."
         )
     data = ensure_json(data, "data")
     if correlation_id is None and (outer := current_execution()) is not None:
@@ -143,9 +148,19 @@ def _attempt(claim: Claim) -> Claim | None:
     with continuation.accepting() as following:
         if claim.phase == FORWARD and claim.step_def.atomic:
             with transaction.atomic():
-                step = store.lock_step(claim.step_id, with_next=True)
+                step = store.lock_step(
+                    claim.step_id,
+                    with_next=True,
+                    hold_for=timeout_of(claim.step_def, claim.phase),
+                )
                 if step is None or not store.holds_lease(step, claim.token, claim.phase):
                     _reject_stale(claim)
+                    return None
+                if step.saga.state != SagaState.RUNNING:
+                    # Abandoned (deadline, operator) between claim and lock: the
+                    # action has not run, so nothing of it is left to undo.
+                    with rows.batched_writes():
+                        record(step, claim.phase, claim.step_def, _REVOKED_BEFORE_RUN)
                     return None
                 outcome = _run(claim, _function(claim), savepoint=True)
                 fault_point("step.after_action")  # a crash here rolls the step's writes back
@@ -167,6 +182,10 @@ def _attempt(claim: Claim) -> Claim | None:
     return Claim(
         local.step.pk, local.phase, local.token, local.attempt, claim.definition, step_def, context
     )
+
+
+#: The outcome of an atomic step whose run was abandoned before its action ran.
+_REVOKED_BEFORE_RUN = Outcome(error="the run was abandoned before the step ran", aborted=True)
 
 
 def _record_if_current(claim: Claim, outcome: Outcome) -> bool:
@@ -193,6 +212,12 @@ def _claim(step_id: int, phase: str, token: uuid.UUID) -> Claim | None:
         store.relax_durability()
         step = store.lock_step(step_id)
         if step is None or not store.is_claimable(step, phase):
+            if step is not None and (early := store.due_in(step, phase)) is not None:
+                # Delivered before its countdown ran out (the sender's clock is
+                # behind this worker's): send it again for the rest of the wait,
+                # rather than leave the step to the sweeper's REDISPATCH_AFTER.
+                dispatch.send_on_commit(step_id, phase, countdown=early + _EARLY_MARGIN)
+                return None
             logger.debug("step %s (%s): nothing to do", step_id, phase)
             return None
         saga = step.saga
@@ -214,6 +239,10 @@ def _claim(step_id: int, phase: str, token: uuid.UUID) -> Claim | None:
         attempt = store.claim(step, phase, token, lease)
     context = _context(saga, step, phase, attempt)
     return Claim(step_id, phase, token, attempt, definition, step_def, context)
+
+
+#: Added to the rest of an early message's wait, so the resent one is not early too.
+_EARLY_MARGIN = 0.05
 
 
 def _context(saga: Saga, step: SagaStep, phase: str, attempt: int) -> Context:
@@ -254,24 +283,39 @@ def _run(claim: Claim, fn: StepFunction, *, savepoint: bool) -> Outcome:
 
 def _outcome(claim: Claim, fn: StepFunction, execution: Execution, *, savepoint: bool) -> Outcome:
     ctx = claim.context
+    # A compensation's return value is thrown away, so it is never checked; a
+    # step's must be JSON, and one that is not was returned by a step that ran:
+    # it acted, so it counts as possibly done and is compensated (not retried).
+    check = claim.phase == FORWARD
     try:
         with executing(execution):
             if savepoint:
                 with transaction.atomic():
-                    value = fn(ctx)
-                    result = ensure_json(value, f"result of step {ctx.step!r}")
+                    result = _result(fn(ctx), ctx, check)
             else:
-                value = fn(ctx)
-                result = ensure_json(value, f"result of step {ctx.step!r}")
+                result = _result(fn(ctx), ctx, check)
     except FaultInjected:
         raise  # a simulated crash, not an outcome
     except Abort as exc:
         return Outcome(error=f"Abort: {exc.reason}", aborted=True)
-    except NotSerializableError as exc:
-        return Outcome(error=str(exc), retryable=False)
+    except _ResultNotJSON as exc:
+        return Outcome(error=str(exc.__cause__), retryable=False, acted=True)
     except Exception as exc:  # any failure of user code is an outcome to record
         return Outcome(error=_describe(exc))
-    return Outcome(result=None if claim.phase == COMPENSATE else result)
+    return Outcome(result=result)
+
+
+class _ResultNotJSON(Exception):
+    """The step ran and returned a value that cannot be stored (the cause says why)."""
+
+
+def _result(value: Any, ctx: Context, check: bool) -> Any:
+    if not check:
+        return None
+    try:
+        return ensure_json(value, f"result of step {ctx.step!r}")
+    except NotSerializableError as exc:
+        raise _ResultNotJSON from exc
 
 
 def _describe(exc: BaseException) -> str:

@@ -26,6 +26,7 @@ from .transitions import (
     forward_failed,
     log_extra,
     resolve,
+    settle_abandoned,
     task_time_limit,
     timeout_of,
 )
@@ -37,7 +38,10 @@ def recover_expired_lease(step_id: int) -> bool:
     """The worker holding this step's lease is gone (or overran): count it as a failed
     attempt that may have had its effect. Returns whether anything changed."""
     with transaction.atomic():
-        step = store.lock_step(step_id)
+        # SKIP LOCKED: a run whose lock a frozen worker holds is left for a later
+        # sweep (PostgreSQL ends that session: IDLE_IN_TRANSACTION_TIMEOUT), so it
+        # never delays the recovery of the others.
+        step = store.lock_step(step_id, skip_locked=True)
         if step is None or not store.stalled(step):
             return False
         saga = step.saga
@@ -53,7 +57,9 @@ def recover_expired_lease(step_id: int) -> bool:
             f"lease of attempt {attempt} expired: the worker was lost or the step ran past "
             f"its timeout of {timeout_of(step_def, phase):g}s"
         )
-        if phase == FORWARD:
+        if phase == FORWARD and saga.state == SagaState.COMPENSATING:
+            settle_abandoned(saga, step, step_def, Outcome(error=error), lost=True)
+        elif phase == FORWARD:
             forward_failed(saga, step, step_def, Outcome(error=error), interrupted=True)
         else:
             compensation_failed(saga, step, step_def, Outcome(error=error), lost=True)
@@ -64,7 +70,7 @@ def enforce_deadline(saga_id: uuid.UUID) -> bool:
     """Compensate a run that is past its deadline; the step in flight counts as
     possibly done and its late result will be rejected."""
     with transaction.atomic():
-        saga = store.lock_saga(saga_id)
+        saga = store.lock_saga(saga_id, skip_locked=True)
         if saga is None or saga.state != SagaState.RUNNING or saga.deadline_at is None:
             return False
         if saga.deadline_at >= saga.db_now:  # type: ignore[attr-defined]

@@ -57,13 +57,16 @@ def select(model: type[M], where: str, params: Sequence[Any], suffix: str = "") 
     return select_many([(model, where, params, suffix)])[0]
 
 
-def select_many(queries: Sequence[Query]) -> list[list[Any]]:
-    """Run several selects (after any batched writes) in one round trip, in order.
+def select_many(
+    queries: Sequence[Query], prelude: Sequence[tuple[str, Sequence[Any]]] = ()
+) -> list[list[Any]]:
+    """Run several selects (after any batched writes and ``prelude``) in one round
+    trip, in order.
 
     The server runs them one after another, each with its own snapshot, so a read
     that follows a ``FOR UPDATE`` sees the rows as they are once the lock is held.
     """
-    statements = []
+    statements = list(prelude)
     for model, where, params, suffix in queries:
         columns, _ = _columns(model)
         sql = (
@@ -79,6 +82,22 @@ def select_many(queries: Sequence[Query]) -> list[list[Any]]:
         attnames = _columns(model)[1]
         results.append([_instance(model, attnames, row) for row in cursor.fetchall()])
     return results
+
+
+def transaction_limits(
+    *, lock_timeout: float, statement_timeout: float, idle_timeout: float
+) -> tuple[str, list[Any]]:
+    """The statement that bounds the current transaction's waits (``SET LOCAL``)."""
+    return (
+        "SELECT set_config('lock_timeout', %s, true),"
+        " set_config('statement_timeout', %s, true),"
+        " set_config('idle_in_transaction_session_timeout', %s, true)",
+        [_ms(lock_timeout), _ms(statement_timeout), _ms(idle_timeout)],
+    )
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
 
 
 def _pipelined(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[psycopg.Cursor]:

@@ -23,6 +23,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Now
 
+from ..conf import conf
 from ..models import Saga, SagaState, SagaStep, StepState
 from . import rows
 
@@ -52,7 +53,13 @@ def relax_durability() -> None:
 # --- locking and reading one run ----------------------------------------------------
 
 
-def lock_step(step_id: int, *, with_next: bool = False) -> SagaStep | None:
+def lock_step(
+    step_id: int,
+    *,
+    with_next: bool = False,
+    skip_locked: bool = False,
+    hold_for: float | None = None,
+) -> SagaStep | None:
     """The step with its saga, the saga row locked until the transaction ends.
 
     Two statements on purpose: the step is read *after* the lock is granted. Read
@@ -60,19 +67,34 @@ def lock_step(step_id: int, *, with_next: bool = False) -> SagaStep | None:
     the step row as it was before the lock holder's commit (READ COMMITTED re-checks
     only the locked row), and two workers could claim the same attempt. With
     ``with_next``, the step after it is read too (for :func:`next_step`).
+
+    The transaction's waits are bounded in the same round trip (:func:`_limits`).
+    ``hold_for`` is how long the caller may keep the lock (an atomic step runs its
+    action under it): then the bounds are set in a statement of their own after
+    the lock, because PostgreSQL arms its idle-in-transaction timer only when the
+    last message it read was a Sync, and psycopg's pipeline ends with a Flush. A
+    worker frozen in its action is so ended by PostgreSQL; one frozen in the
+    milliseconds between a record's statements and its commit keeps its lock
+    until its process ends (the sweeper skips that run meanwhile).
+    With ``skip_locked`` a run whose lock someone else holds gives ``None`` at once:
+    the sweeper must never wait behind one frozen lock holder.
     """
+    lock = FOR_UPDATE_SKIP_LOCKED if skip_locked else FOR_UPDATE
     if rows.native():
         of_step = "(SELECT saga_id FROM sagaflow_sagastep WHERE id = %s)"
         queries: list[rows.Query] = [
-            (Saga, f"id = {of_step}", [step_id], FOR_UPDATE),
+            (Saga, f"id = {of_step}", [step_id], lock),
             (SagaStep, "id = %s", [step_id], ""),
         ]
         if with_next:
             after = '"index" = (SELECT "index" + 1 FROM sagaflow_sagastep WHERE id = %s)'
             queries.append((SagaStep, f"saga_id = {of_step} AND {after}", [step_id, step_id], ""))
-        found = rows.select_many(queries)
+        prelude = [_limits(None)] if hold_for is None else []
+        found = rows.select_many(queries, prelude=prelude)
         if not found[0]:
             return None
+        if hold_for is not None:
+            rows.execute(*_limits(hold_for))
         saga = found[0][0]
         step = found[1][0] if found[1] else None
         if step is not None and with_next:
@@ -82,7 +104,7 @@ def lock_step(step_id: int, *, with_next: bool = False) -> SagaStep | None:
             step._successor = successor  # type: ignore[attr-defined]
     else:
         saga_id = SagaStep.objects.filter(pk=step_id).values("saga_id")
-        saga = lock_saga(Subquery(saga_id))
+        saga = lock_saga(Subquery(saga_id), skip_locked=skip_locked)
         if saga is None:
             return None
         step = SagaStep.objects.annotate(db_now=Now()).filter(pk=step_id).order_by().first()
@@ -92,14 +114,29 @@ def lock_step(step_id: int, *, with_next: bool = False) -> SagaStep | None:
 
 
 FOR_UPDATE = "FOR UPDATE"
+FOR_UPDATE_SKIP_LOCKED = "FOR UPDATE SKIP LOCKED"
 
 
-def lock_saga(saga_id: uuid.UUID | Subquery) -> Saga | None:
+def _limits(hold_for: float | None) -> tuple[str, list]:
+    if hold_for is None:
+        return rows.transaction_limits(
+            lock_timeout=conf.LOCK_TIMEOUT,
+            statement_timeout=conf.STATEMENT_TIMEOUT,
+            idle_timeout=conf.IDLE_IN_TRANSACTION_TIMEOUT,
+        )
+    bound = hold_for + conf.LEASE_GRACE
+    return rows.transaction_limits(
+        lock_timeout=conf.LOCK_TIMEOUT, statement_timeout=bound, idle_timeout=bound
+    )
+
+
+def lock_saga(saga_id: uuid.UUID | Subquery, *, skip_locked: bool = False) -> Saga | None:
     if rows.native() and not isinstance(saga_id, Subquery):
-        found = rows.select(Saga, "id = %s", [saga_id], FOR_UPDATE)
+        lock = FOR_UPDATE_SKIP_LOCKED if skip_locked else FOR_UPDATE
+        found = rows.select_many([(Saga, "id = %s", [saga_id], lock)], prelude=[_limits(None)])[0]
         return found[0] if found else None
     return (
-        Saga.objects.select_for_update()
+        Saga.objects.select_for_update(skip_locked=skip_locked)
         .annotate(db_now=Now())
         .filter(pk=saga_id)
         .order_by()
@@ -119,13 +156,23 @@ def steps_of(saga: Saga) -> list[SagaStep]:
 
 
 def holds_lease(step: SagaStep, token: uuid.UUID, phase: str) -> bool:
-    expected_state = StepState.RUNNING if phase == FORWARD else StepState.COMPENSATING
-    expected_saga = SagaState.RUNNING if phase == FORWARD else SagaState.COMPENSATING
+    """The attempt with lease ``token`` is still the step's current one.
+
+    A forward attempt keeps its lease when its saga is abandoned meanwhile (the
+    saga is then compensating): its outcome is recorded, then compensated.
+    """
+    if phase == FORWARD:
+        expected_state, saga_states = StepState.RUNNING, LEASED_FORWARD_SAGA_STATES
+    else:
+        expected_state, saga_states = StepState.COMPENSATING, (SagaState.COMPENSATING,)
     return (
         step.lease_token == token
         and step.state == expected_state
-        and step.saga.state == expected_saga
+        and step.saga.state in saga_states
     )
+
+
+LEASED_FORWARD_SAGA_STATES = (SagaState.RUNNING, SagaState.COMPENSATING)
 
 
 def is_claimable(step: SagaStep, phase: str) -> bool:
@@ -139,6 +186,22 @@ def is_claimable(step: SagaStep, phase: str) -> bool:
         and step.due_at is not None
         and step.due_at <= step.db_now  # type: ignore[attr-defined]
     )
+
+
+def due_in(step: SagaStep, phase: str) -> float | None:
+    """Seconds until a waiting step is due, if it is waiting in ``phase`` and due
+    within ``MAX_COUNTDOWN`` (a message that arrived early); otherwise ``None``."""
+    waiting_state = StepState.PENDING if phase == FORWARD else StepState.COMPENSATING
+    saga_state = SagaState.RUNNING if phase == FORWARD else SagaState.COMPENSATING
+    if (
+        step.saga.state != saga_state
+        or step.state != waiting_state
+        or step.lease_token is not None
+        or step.due_at is None
+    ):
+        return None
+    remaining = (step.due_at - step.db_now).total_seconds()  # type: ignore[attr-defined]
+    return remaining if 0 < remaining <= conf.MAX_COUNTDOWN else None
 
 
 # --- step transitions (caller holds the saga lock) ----------------------------------

@@ -35,6 +35,9 @@ class Outcome:
     error: str = ""
     aborted: bool = False
     retryable: bool = True
+    #: The action ran to its end (it returned a value that cannot be stored): it
+    #: may have had its effect, so giving up compensates it.
+    acted: bool = False
     #: Seconds the action ran (0 for an attempt whose worker was lost).
     duration: float = 0.0
 
@@ -88,7 +91,9 @@ def _label(outcome: Outcome, interrupted: bool | None) -> str:
 def record(step: SagaStep, phase: str, step_def: StepDefinition, outcome: Outcome) -> None:
     """Store ``outcome`` of the attempt on ``step`` and schedule what follows."""
     saga = step.saga
-    if phase == FORWARD:
+    if phase == FORWARD and saga.state == SagaState.COMPENSATING:
+        settle_abandoned(saga, step, step_def, outcome)
+    elif phase == FORWARD:
         if outcome.succeeded:
             forward_succeeded(saga, step, step_def.saga, outcome.result, outcome.duration)
         else:
@@ -160,7 +165,7 @@ def forward_failed(
             store.mark_interrupted(step)
         wait(step, decision.delay, outcome.error, FORWARD, step_def)
         return
-    if step_def.compensate_on_failure and not outcome.aborted:
+    if (step_def.compensate_on_failure and not outcome.aborted) or outcome.acted:
         interrupted = True  # it may have acted before failing: undo it too
     store.step_gave_up(step, error=outcome.error, interrupted=interrupted)
     logger.warning("step failed for good; compensating", extra=log_extra(saga, step, step.attempts))
@@ -257,30 +262,87 @@ def schedule_attempt(
 def abandon(saga: Saga, definition: SagaDefinition, reason: str) -> None:
     """Stop a running saga and compensate it (deadline passed, or an operator said so).
 
-    The step in flight counts as possibly done: it is compensated too, and its
-    lease is revoked so its late result is rejected. A step waiting to run is
-    cancelled.
+    A step waiting to run is cancelled; if an earlier attempt of it may have acted
+    (its worker was lost, or it is ``compensate_on_failure``), it is compensated
+    too. A step whose attempt is still running is left to settle first: its
+    compensation must not run before the action it undoes has ended (a refund
+    before the charge). Its record, or the expiry of its lease, goes on with the
+    compensation (:func:`settle_abandoned`); no further attempt of it starts.
     """
     below = saga.current_step
+    settling: SagaStep | None = None
     for step in store.steps_of(saga):
-        if step.state == StepState.RUNNING:
+        if step.state == StepState.RUNNING and not store.stalled(step):
+            settling = step
+        elif step.state == StepState.RUNNING:  # its worker is gone: it may have acted
             error = f"{reason} while it ran"
             note_attempt(step, FORWARD, "revoked", Outcome(error=error))
             store.step_gave_up(step, error=error, interrupted=True)
             below = step.index + 1
         elif step.state == StepState.PENDING and step.due_at is not None:
-            store.step_gave_up(step, error=f"{reason} before it ran")
+            maybe_acted = step.interrupted or (
+                step.attempts > 0 and _step_def(definition, step, "compensate_on_failure")
+            )
+            store.step_gave_up(
+                step,
+                error=f"{reason} before its attempt {step.attempts + 1} ran",
+                interrupted=True if maybe_acted else None,
+            )
+            if maybe_acted:
+                below = step.index + 1
     saga.state = SagaState.COMPENSATING
     saga.error = reason
+    if settling is not None:
+        saga.current_step = settling.index
+        store.save_saga(saga, "state", "error", "current_step")
+        return
     store.save_saga(saga, "state", "error")
     continue_compensation(saga, definition, below=below)
 
 
-def has_compensation(definition: SagaDefinition, step: SagaStep) -> bool:
-    if step.index >= len(definition.steps):
+def settle_abandoned(
+    saga: Saga, step: SagaStep, step_def: StepDefinition, outcome: Outcome, *, lost: bool = False
+) -> None:
+    """The attempt that was running when its saga was abandoned has ended: record
+    it (a result is kept for the compensation to use), then compensate from it."""
+    if outcome.succeeded:
+        note_attempt(step, FORWARD, "succeeded", outcome)
+        store.step_succeeded(step, outcome.result)
+        saga.results = {**saga.results, step.name: outcome.result}
+        store.save_saga(saga, "results")
+    else:
+        note_attempt(step, FORWARD, _label(outcome, lost), outcome)
+        maybe_acted = (
+            lost or outcome.acted or (step_def.compensate_on_failure and not outcome.aborted)
+        )
+        store.step_gave_up(step, error=outcome.error, interrupted=maybe_acted)
+    logger.info(
+        "step of an abandoned saga settled; compensating",
+        extra=log_extra(saga, step, step.attempts),
+    )
+    continue_compensation(saga, step_def.saga, below=step.index + 1)
+
+
+def _step_def(definition: SagaDefinition, step: SagaStep, option: str) -> bool:
+    """``option`` of the code's definition of ``step`` (False if the code changed)."""
+    if step.index >= len(definition.steps) or definition.steps[step.index].name != step.name:
         return False
+    return bool(getattr(definition.steps[step.index], option))
+
+
+def has_compensation(definition: SagaDefinition, step: SagaStep) -> bool:
+    """Whether ``step`` has a compensation to run.
+
+    A stored step the code no longer matches (renamed, reordered, removed while
+    the run was in flight) counts as having one: skipping it would leave its
+    effect in place and still call the saga ``compensated``. Its compensation's
+    claim then stops the run loudly (``failed``, needs a person), as a forward
+    claim of a mismatched step does.
+    """
+    if step.index >= len(definition.steps):
+        return True
     step_def = definition.steps[step.index]
-    return step_def.name == step.name and step_def.has_compensation
+    return step_def.name != step.name or step_def.has_compensation
 
 
 def wait(step: SagaStep, delay: float, error: str, phase: str, step_def: StepDefinition) -> None:
