@@ -14,7 +14,6 @@ from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Now
-from django.utils import timezone
 
 from ..models import Saga, SagaStep
 from . import rows
@@ -77,16 +76,16 @@ def insert_run(
 
 #: The run and its steps in one statement (one round trip). ``ON CONFLICT … DO NOTHING``
 #: on the (name, key) constraint: a key already used inserts neither. Timestamps
-#: written by Django's auto_now fields come from the caller, as ``create`` would.
+#: are the database's clock, like every time the engine compares (``stuck``).
 _INSERT_RUN = """
 WITH s AS (
     INSERT INTO sagaflow_saga (id, name, key, state, data, results, correlation_id,
         current_step, deadline_at, created_at, updated_at, finished_at, error)
     VALUES (%(id)s, %(name)s, %(key)s, 'running', %(data)s, '{}'::jsonb, %(correlation_id)s,
-        0, STATEMENT_TIMESTAMP() + %(deadline)s * interval '1 second', %(now)s, %(now)s,
-        NULL, '')
+        0, STATEMENT_TIMESTAMP() + %(deadline)s * interval '1 second', STATEMENT_TIMESTAMP(),
+        STATEMENT_TIMESTAMP(), NULL, '')
     ON CONFLICT (name, key) WHERE key IS NOT NULL DO NOTHING
-    RETURNING id, deadline_at
+    RETURNING id, deadline_at, created_at
 ), st AS (
     INSERT INTO sagaflow_sagastep (saga_id, "index", name, state, attempts,
         compensation_attempts, result, error, interrupted, due_at, dispatched_at,
@@ -98,7 +97,7 @@ WITH s AS (
     FROM s, unnest(%(names)s::text[]) WITH ORDINALITY AS v(name, n)
     RETURNING id, "index"
 )
-SELECT s.deadline_at, (SELECT id FROM st WHERE "index" = 0) FROM s
+SELECT s.deadline_at, s.created_at, (SELECT id FROM st WHERE "index" = 0) FROM s
 """
 
 
@@ -111,7 +110,6 @@ def _insert_run_native(
     deadline: timedelta | None,
     step_names: Sequence[str],
 ) -> tuple[Saga, int | None]:
-    now = timezone.now()
     params = {
         "id": saga_id,
         "name": name,
@@ -119,7 +117,6 @@ def _insert_run_native(
         "data": Saga._meta.get_field("data").get_db_prep_save(data, connection),
         "correlation_id": correlation_id,
         "deadline": deadline.total_seconds() if deadline else None,
-        "now": now,
         "names": list(step_names),
     }
     with connection.cursor() as cursor:
@@ -127,7 +124,7 @@ def _insert_run_native(
         row = cursor.fetchone()
     if row is None:  # the key was taken: that run, and nothing inserted
         return Saga.objects.get(name=name, key=key), None
-    deadline_at, first = row
+    deadline_at, now, first = row
     saga = Saga(
         id=saga_id,
         name=name,

@@ -169,7 +169,11 @@ def update(instance: Model, fields: Iterable[str]) -> None:
     assignments, params = [], []
     for name in fields:
         field = meta.get_field(name)
-        value = field.pre_save(instance, False)  # auto_now fields take their time here
+        # auto_now fields take the database's clock, which every comparison uses
+        # (``stuck``), not this worker's: a drifting worker must not make a run
+        # look stuck, or hide one that is.
+        auto_now = getattr(field, "auto_now", False)
+        value = Now() if auto_now else field.pre_save(instance, False)
         if isinstance(value, Now):
             assignments.append(f'"{field.column}" = STATEMENT_TIMESTAMP()')
         elif isinstance(value, NowPlus):

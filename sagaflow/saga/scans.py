@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.db import transaction
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, QuerySet
-from django.db.models.functions import Now
+from django.db.models import (
+    Count,
+    DateTimeField,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    Q,
+    QuerySet,
+    Value,
+)
+from django.db.models.functions import Least, Now
 
 from ..models import Saga, SagaState, SagaStep, StepState
 from .store import COMPENSATE, FORWARD, now_minus
@@ -46,7 +56,11 @@ def take_lost_dispatches(limit: int, redispatch_after: float) -> list[Redispatch
     """Waiting steps that are due and whose message should have run by now.
 
     Each is stamped as sent again in the same statement, under SKIP LOCKED, so two
-    sweepers running at once (two beats) send one message, not two.
+    sweepers running at once (two beats) send one message, not two. The stamp is
+    set in the future by as long as the step has been due (at most an hour): a
+    message that is only late, behind a queue backlog older than
+    ``redispatch_after``, is resent after waits that double, so the sweeper adds a
+    handful of messages to a backlog, not one per sweep.
     """
     due = Q(lease_token__isnull=True, due_at__lte=Now()) & (
         Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=now_minus(redispatch_after))
@@ -60,11 +74,18 @@ def take_lost_dispatches(limit: int, redispatch_after: float) -> list[Redispatch
             .values_list("pk", "state", "saga__name", "index")
             .order_by("due_at")[:limit]
         )
-        SagaStep.objects.filter(pk__in=[r[0] for r in rows]).update(dispatched_at=Now())
+        waited = Least(Now() - F("due_at"), Value(MAX_RESEND_SPACING))
+        SagaStep.objects.filter(pk__in=[r[0] for r in rows]).update(
+            dispatched_at=ExpressionWrapper(Now() + waited, output_field=DateTimeField())
+        )
     return [
         Redispatch(pk, FORWARD if state == StepState.PENDING else COMPENSATE, name, index)
         for pk, state, name, index in rows
     ]
+
+
+#: Longest extra wait between two resends of one step's message.
+MAX_RESEND_SPACING = timedelta(hours=1)
 
 
 LIVE_STATES = (SagaState.RUNNING, SagaState.COMPENSATING)

@@ -404,3 +404,47 @@ def test_postgresql_ends_an_engine_session_frozen_inside_its_transaction(setting
     connection.close()
     with captured_dispatches(), transaction.atomic():
         assert store.lock_saga(saga.pk, skip_locked=True) is not None  # the lock was freed
+
+
+# --- at scale: resends under a backlog back off; times are the database's ----------
+
+
+@pytest.mark.django_db
+def test_resends_of_a_late_message_back_off_instead_of_one_per_sweep(settings):
+    settings.SAGAFLOW = {**settings.SAGAFLOW, "REDISPATCH_AFTER": 2.0}
+    definition = _two_step()
+    saga = _start(definition)
+    step = _step(saga, 0)
+    # Its message sits behind a 10-second queue backlog: due and sent 10 s ago.
+    SagaStep.objects.filter(pk=step.pk).update(due_at=now_minus(10), dispatched_at=now_minus(10))
+    with captured_dispatches() as sent:
+        assert sweeper.sweep().redispatched == 1
+    assert sent == [(step.pk, "forward")]
+    # The next resend waits as long again as the step had waited, not REDISPATCH_AFTER.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXTRACT(EPOCH FROM dispatched_at - now()) FROM sagaflow_sagastep WHERE id = %s",
+            [step.pk],
+        )
+        (ahead,) = cursor.fetchone()
+    assert 9 <= float(ahead) <= 11
+    SagaStep.objects.filter(pk=step.pk).update(dispatched_at=now_minus(0))  # time passes...
+    with captured_dispatches() as sent:
+        assert sweeper.sweep().redispatched == 0  # ...less than REDISPATCH_AFTER: not yet
+
+
+@pytest.mark.django_db
+def test_a_worker_clock_behind_the_database_does_not_make_a_run_look_stuck(settings, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from sagaflow.saga import scans
+
+    settings.SAGAFLOW = {**settings.SAGAFLOW, "STUCK_AFTER": 300.0}
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() - timedelta(hours=1))
+    definition = _two_step()
+    saga = _start(definition)
+    drive(saga, limit=1)  # recorded by a worker whose clock is an hour behind
+    assert not scans.stuck(300.0).filter(pk=saga.pk).exists()
