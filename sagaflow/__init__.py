@@ -4,7 +4,6 @@ Django + Celery, with PostgreSQL as the only source of truth.
 The public API is what this module exports; everything else is internal.
 """
 
-from .consumers import Event, consumer
 from .definition import Context, SagaDefinition, StepDefinition, define
 from .exceptions import (
     Abort,
@@ -26,7 +25,8 @@ from .exceptions import (
     SagaflowError,
     UnknownSagaError,
 )
-from .outbox import publish
+from .outbox.consumers import Event, consumer
+from .outbox.publish import publish
 from .registry import get_definition
 from .retry import Retry
 

@@ -50,8 +50,8 @@ def janitor() -> dict[str, int]:
 def relay_outbox() -> dict[str, int]:
     """Kicked on commit by ``publish`` and run by beat to recover: drain the outbox,
     then send due consumer retries. Harmless when run concurrently (C10)."""
-    from . import consumers, relay
     from .conf import conf
+    from .outbox import consumers, relay
 
     report = relay.drain(max_seconds=float(conf.OUTBOX_TASK_TIME_BUDGET)).as_dict()
     if report["batches"] and report["published"] and not report["failed"]:
@@ -68,7 +68,7 @@ def deliver_events(
     self: Task, events: list[dict], consumer: str | None = None, retry: bool = False
 ) -> dict[str, int]:
     """One relayed batch: run each event's consumers, each in its own transaction."""
-    from . import consumers
+    from .outbox import consumers
 
     # The broker marks a message it returns after its worker died (kombu's Redis
     # transport on reject/restore; AMQP natively).
@@ -79,6 +79,6 @@ def deliver_events(
 @shared_task(name="sagaflow.outbox_sweep", ignore_result=True)
 def outbox_sweep() -> dict[str, int]:
     """Periodic (beat): resend published events a consumer never received."""
-    from . import consumers
+    from .outbox import consumers
 
     return {"resent": consumers.redeliver_unconsumed()}

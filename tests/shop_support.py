@@ -8,7 +8,8 @@ from django.test import Client
 
 from demo_shop import invariants, seed
 from demo_shop.models import Order, OrderStatus
-from sagaflow import relay, sweeper
+from sagaflow import sweeper
+from sagaflow.outbox import relay
 from tests.processes import wait_until
 
 SHOP_DB = ["default", "services"]

@@ -14,8 +14,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.translation import ngettext
 
-from .. import inbox_store, outbox_store
 from ..models import IdempotencyKey, InboxMessage, OutboxEvent
+from ..outbox import inbox as inbox_store
+from ..outbox import store as outbox_store
 from .common import ReadOnlyMixin, json_block
 
 

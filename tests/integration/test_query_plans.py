@@ -12,7 +12,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from sagaflow import outbox_store, store
+from sagaflow import store
+from sagaflow.outbox import store as outbox_store
 
 pytestmark = pytest.mark.django_db
 

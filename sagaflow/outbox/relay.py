@@ -56,10 +56,10 @@ from typing import Any, Protocol
 from django.db import transaction
 from django.utils.module_loading import import_string
 
-from . import outbox_store
-from .conf import conf
-from .exceptions import ConfigurationError
-from .faults import fault_point
+from ..conf import conf
+from ..exceptions import ConfigurationError
+from ..faults import fault_point
+from . import store
 
 logger = logging.getLogger("sagaflow.relay")
 
@@ -79,7 +79,7 @@ class CeleryPublisher:
     """Sends a batch as one ``sagaflow.deliver_events`` task message."""
 
     def publish(self, events: Sequence[dict[str, Any]]) -> None:
-        from .tasks import deliver_events
+        from ..tasks import deliver_events
 
         deliver_events.apply_async(
             (list(events),),
@@ -108,7 +108,7 @@ def _publisher_class(path: str) -> type:
         raise ConfigurationError(
             f"SAGAFLOW['OUTBOX_PUBLISHER'] = {path!r} cannot be imported ({exc}); "
             f"use a dotted path to a class with publish(events), e.g. "
-            f"'sagaflow.relay.CeleryPublisher'."
+            f"'sagaflow.outbox.relay.CeleryPublisher'."
         ) from exc
 
 
@@ -199,7 +199,7 @@ def relay_batch(limit: int, publisher: Publisher | None = None) -> BatchResult:
     try:
         with transaction.atomic():
             now = time.monotonic()
-            events, first = outbox_store.claim(
+            events, first = store.claim(
                 limit,
                 keep_published=bool(conf.OUTBOX_KEEP_PUBLISHED),
                 hold_limit=float(conf.OUTBOX_PUBLISH_TIMEOUT),
@@ -218,7 +218,7 @@ def relay_batch(limit: int, publisher: Publisher | None = None) -> BatchResult:
         exc = failure.exc
         ids = [e.id for e in events]
         with transaction.atomic():
-            retrying, dead = outbox_store.mark_failed(
+            retrying, dead = store.mark_failed(
                 ids,
                 error=f"{type(exc).__name__}: {exc}",
                 max_attempts=int(conf.OUTBOX_MAX_ATTEMPTS),
