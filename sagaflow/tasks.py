@@ -10,6 +10,7 @@ from celery import Task, shared_task
 from django.db import InterfaceError, OperationalError
 
 from . import engine, sweeper
+from .sending import ONE_ATTEMPT
 
 #: Options of every task that must run at least once: acked after it ran, returned
 #: to the queue if its process dies, and retried shortly after a database restart
@@ -58,7 +59,7 @@ def relay_outbox() -> dict[str, int]:
         # Stopped by the time budget with work left? A fresh task continues.
         last_full = report["published"] == report["batches"] * int(conf.OUTBOX_BATCH_SIZE)
         if last_full:
-            relay_outbox.apply_async(queue=conf.QUEUE or None, **relay.ONE_ATTEMPT)
+            relay_outbox.apply_async(queue=conf.QUEUE or None, **ONE_ATTEMPT)
     report["consumer_retries"] = consumers.redeliver_due()
     return report
 

@@ -40,6 +40,7 @@ from typing import Any
 
 from django.db import transaction
 
+from .. import sending
 from ..conf import conf
 from ..exceptions import DefinitionError
 from ..retry import Retry
@@ -270,9 +271,6 @@ def redeliver_due(limit: int | None = None) -> int:
     Each is stamped as sent (``CONSUMER_REDELIVER_AFTER``), so if the message is
     lost the next sweep sends it again instead of never.
     """
-    from ..tasks import deliver_events
-    from .relay import ONE_ATTEMPT
-
     with transaction.atomic():
         due = inbox.take_due_retries(
             int(limit or conf.SWEEP_BATCH_SIZE), float(conf.CONSUMER_REDELIVER_AFTER)
@@ -294,11 +292,12 @@ def redeliver_due(limit: int | None = None) -> int:
     sent = 0
     for name, messages in by_consumer.items():
         try:
-            deliver_events.apply_async(
+            sending.send_task(
+                sending.DELIVER_EVENTS,
                 (messages,),
                 {"consumer": name, "retry": True},
                 queue=conf.OUTBOX_QUEUE or conf.QUEUE or None,
-                **ONE_ATTEMPT,
+                **sending.ONE_ATTEMPT,
             )
             sent += len(messages)
         except Exception:
@@ -314,9 +313,6 @@ def redeliver_unconsumed(limit: int | None = None) -> int:
     row shows it. Run by the periodic ``sagaflow.outbox_sweep``; returns how many
     (consumer, event) deliveries were sent. Consumers already done skip (inbox).
     """
-    from ..tasks import deliver_events
-    from .relay import ONE_ATTEMPT
-
     sent = 0
     for entry in list(_by_name.values()):
         with transaction.atomic():
@@ -338,11 +334,12 @@ def redeliver_unconsumed(limit: int | None = None) -> int:
             len(messages),
         )
         try:
-            deliver_events.apply_async(
+            sending.send_task(
+                sending.DELIVER_EVENTS,
                 (messages,),
                 {"consumer": entry.name},
                 queue=conf.OUTBOX_QUEUE or conf.QUEUE or None,
-                **ONE_ATTEMPT,
+                **sending.ONE_ATTEMPT,
             )
             sent += len(messages)
         except Exception:

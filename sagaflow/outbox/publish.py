@@ -30,6 +30,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
+from .. import sending
 from ..conf import conf
 from ..context import current_execution
 from ..exceptions import InvalidInputError, NotInTransactionError
@@ -104,11 +105,8 @@ def _headers(given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _kick() -> None:
-    from ..tasks import relay_outbox
-    from .relay import ONE_ATTEMPT
-
     try:
-        relay_outbox.apply_async(queue=conf.QUEUE or None, **ONE_ATTEMPT)
+        sending.send_task(sending.RELAY_OUTBOX, queue=conf.QUEUE or None, **sending.ONE_ATTEMPT)
     except Exception:  # the broker is down: beat's relay run publishes the events
         logger.warning("could not wake the outbox relay; beat will relay", exc_info=True)
 

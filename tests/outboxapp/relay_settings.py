@@ -17,7 +17,7 @@ SAGAFLOW = {
     **_BASE,
     "OUTBOX_QUEUE": _QUEUE,
     "OUTBOX_PUBLISHER": os.environ.get(
-        "OUTBOX_TEST_PUBLISHER", "sagaflow.outbox.relay.CeleryPublisher"
+        "OUTBOX_TEST_PUBLISHER", "sagaflow.outbox.publishers.CeleryPublisher"
     ),
     "OUTBOX_KICK_ON_COMMIT": os.environ.get("OUTBOX_TEST_KICK") == "1",
     "OUTBOX_RETRY_BACKOFF": 0.05,
