@@ -19,7 +19,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 import sagaflow
-from sagaflow.consumers import Event, consumers_of
+from sagaflow.outbox.consumers import Event, consumers_of
 
 from .models import LocalEvent
 

@@ -4,7 +4,6 @@ Django + Celery, with PostgreSQL as the only source of truth.
 The public API is what this module exports; everything else is internal.
 """
 
-from .consumers import Event, consumer
 from .exceptions import (
     Abort,
     ConfigurationError,
@@ -25,7 +24,8 @@ from .exceptions import (
     SagaflowError,
     UnknownSagaError,
 )
-from .outbox import publish
+from .outbox.consumers import Event, consumer
+from .outbox.publish import publish
 from .retry import Retry
 from .saga.definition import Context, SagaDefinition, StepDefinition
 from .saga.registry import define, get_definition

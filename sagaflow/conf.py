@@ -99,7 +99,7 @@ class Defaults:
     #: transport's own ``socket_timeout``/``socket_connect_timeout`` must be lower.
     OUTBOX_PUBLISH_TIMEOUT: float = 10.0
     #: Dotted path of the publisher class (``publish(events)``, one round trip).
-    OUTBOX_PUBLISHER: str = "sagaflow.relay.CeleryPublisher"
+    OUTBOX_PUBLISHER: str = "sagaflow.outbox.publishers.CeleryPublisher"
     #: Keep relayed events as ``published`` rows until ``OUTBOX_RETENTION`` (the
     #: admin shows them, consumer retries and the broker-loss redelivery read them);
     #: ``False`` deletes each event in the statement that claims it.

@@ -11,6 +11,7 @@ from django.db import InterfaceError, OperationalError
 
 from .ops.janitor import clean
 from .saga import engine, sweeper
+from .sending import ONE_ATTEMPT
 
 #: Options of every task that must run at least once: acked after it ran, returned
 #: to the queue if its process dies, and retried shortly after a database restart
@@ -49,15 +50,15 @@ def janitor() -> dict[str, int]:
 def relay_outbox() -> dict[str, int]:
     """Kicked on commit by ``publish`` and run by beat to recover: drain the outbox,
     then send due consumer retries. Harmless when run concurrently (C10)."""
-    from . import consumers, relay
     from .conf import conf
+    from .outbox import consumers, relay
 
     report = relay.drain(max_seconds=float(conf.OUTBOX_TASK_TIME_BUDGET)).as_dict()
     if report["batches"] and report["published"] and not report["failed"]:
         # Stopped by the time budget with work left? A fresh task continues.
         last_full = report["published"] == report["batches"] * int(conf.OUTBOX_BATCH_SIZE)
         if last_full:
-            relay_outbox.apply_async(queue=conf.QUEUE or None, **relay.ONE_ATTEMPT)
+            relay_outbox.apply_async(queue=conf.QUEUE or None, **ONE_ATTEMPT)
     report["consumer_retries"] = consumers.redeliver_due()
     return report
 
@@ -67,7 +68,7 @@ def deliver_events(
     self: Task, events: list[dict], consumer: str | None = None, retry: bool = False
 ) -> dict[str, int]:
     """One relayed batch: run each event's consumers, each in its own transaction."""
-    from . import consumers
+    from .outbox import consumers
 
     # The broker marks a message it returns after its worker died (kombu's Redis
     # transport on reject/restore; AMQP natively).
@@ -78,6 +79,6 @@ def deliver_events(
 @shared_task(name="sagaflow.outbox_sweep", ignore_result=True)
 def outbox_sweep() -> dict[str, int]:
     """Periodic (beat): resend published events a consumer never received."""
-    from . import consumers
+    from .outbox import consumers
 
     return {"resent": consumers.redeliver_unconsumed()}

@@ -8,7 +8,7 @@ from django.test import Client
 
 from demo_shop import invariants, seed
 from demo_shop.models import Order, OrderStatus
-from sagaflow import relay
+from sagaflow.outbox import relay
 from sagaflow.saga import sweeper
 from tests.processes import wait_until
 

@@ -1,7 +1,7 @@
 """Admin for the outbox, the consumers' inbox and idempotency keys.
 
 Read-only but for re-queueing dead events and dead handler runs, each a call into
-``outbox_store`` and ``inbox_store`` under the ``sagaflow.requeue_outboxevent`` permission.
+``sagaflow.ops`` under the ``sagaflow.requeue_outboxevent`` permission.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.translation import ngettext
 
-from .. import inbox_store, outbox_store
 from ..models import IdempotencyKey, InboxMessage, OutboxEvent
+from ..ops import dead_letters
+from ..outbox import store as outbox_store
 from .common import ReadOnlyMixin, json_block
 
 
@@ -92,7 +93,7 @@ class OutboxEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
             self,
             request,
             queryset,
-            outbox_store.requeue_dead,
+            dead_letters.requeue_dead_events,
             "%(count)d dead event re-queued.",
             "%(count)d dead events re-queued.",
         )
@@ -124,7 +125,7 @@ class InboxMessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
             self,
             request,
             queryset,
-            inbox_store.requeue_dead_inbox,
+            dead_letters.requeue_dead_inbox,
             "%(count)d dead handler run re-queued.",
             "%(count)d dead handler runs re-queued.",
         )

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import outbox_store
 from ..conf import conf
 from ..models import SagaState
+from ..outbox import store as outbox_store
 from ..saga import scans
 
 

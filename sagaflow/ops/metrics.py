@@ -46,7 +46,7 @@ class OutboxCollector:
         yield GaugeMetricFamily(*self.LAG)
 
     def collect(self) -> Any:
-        from .. import outbox_store
+        from ..outbox import store as outbox_store
 
         backlog = outbox_store.backlog()
         events = GaugeMetricFamily(*self.EVENTS, labels=["state"])

@@ -10,8 +10,8 @@ from django.db import transaction
 from django.test import override_settings
 
 import sagaflow
-from sagaflow import relay
 from sagaflow.models import InboxMessage
+from sagaflow.outbox import publishers, relay
 from tests.outboxapp import sagas
 from tests.outboxapp.broker import BrokerQueue
 from tests.outboxapp.models import Receipt
@@ -20,7 +20,7 @@ from tests.processes import Worker, wait_until
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
 
-class Twice(relay.CeleryPublisher):
+class Twice(publishers.CeleryPublisher):
     """Every batch goes to the broker twice: the duplicate a crashed relay makes."""
 
     def publish(self, events):

@@ -5,8 +5,8 @@ from django.db import transaction
 from django.test import override_settings
 
 import sagaflow
-from sagaflow import relay
 from sagaflow.models import InboxMessage
+from sagaflow.outbox import relay
 from tests.outboxapp import sagas
 from tests.outboxapp.broker import BrokerQueue
 from tests.outboxapp.models import Receipt

@@ -17,8 +17,8 @@ from django.db import transaction
 from django.test import override_settings
 
 import sagaflow
-from sagaflow import outbox_store
 from sagaflow.models import OutboxEvent, OutboxState
+from sagaflow.outbox import store as outbox_store
 from tests.outboxapp.broker import BrokerQueue
 from tests.processes import ROOT, Relay, child_env, wait_until
 from tests.services import PrivateRedis

@@ -17,8 +17,8 @@ from django.db.models import Count
 
 from demo_shop import invariants
 from demo_shop.models import Order, OrderStatus, ServiceRequest, Shipment
-from sagaflow import consumers
 from sagaflow.models import InboxMessage, OutboxEvent, Saga, SagaStep
+from sagaflow.outbox import consumers
 from sagaflow.saga import registry
 
 from .load import LoadStats

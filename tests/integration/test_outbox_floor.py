@@ -7,9 +7,9 @@ import pytest
 from django.test import override_settings
 
 import sagaflow
-from sagaflow import outbox_store
 from sagaflow.models import OutboxEvent, OutboxState
-from sagaflow.relay import FLOOR_LAG, FULL_SCAN_EVERY, _ScanFloor
+from sagaflow.outbox import store as outbox_store
+from sagaflow.outbox.relay import FLOOR_LAG, FULL_SCAN_EVERY, _ScanFloor
 
 pytestmark = pytest.mark.django_db
 

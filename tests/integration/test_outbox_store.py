@@ -9,10 +9,12 @@ from django.db import transaction
 from django.test import override_settings
 
 import sagaflow
-from sagaflow import consumers, inbox_store, outbox_store, relay
 from sagaflow.context import Execution, executing
 from sagaflow.models import InboxMessage, InboxState, OutboxEvent, OutboxState
 from sagaflow.ops import janitor
+from sagaflow.outbox import consumers, relay
+from sagaflow.outbox import inbox as inbox_store
+from sagaflow.outbox import store as outbox_store
 from sagaflow.testing import armed_fault
 from tests.outboxapp import sagas
 from tests.outboxapp.broker import BrokerQueue

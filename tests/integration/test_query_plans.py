@@ -12,7 +12,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from sagaflow import outbox_store
+from sagaflow.outbox import store as outbox_store
 from sagaflow.saga import scans
 
 pytestmark = pytest.mark.django_db

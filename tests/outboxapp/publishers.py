@@ -8,7 +8,7 @@ that breaks per-key order if the relay moves on to the next event of a key).
 import os
 import random
 
-from sagaflow.relay import CeleryPublisher
+from sagaflow.outbox.publishers import CeleryPublisher
 
 
 class FlakyPublisher(CeleryPublisher):

@@ -16,7 +16,9 @@ CELERY_TASK_DEFAULT_QUEUE = _QUEUE
 SAGAFLOW = {
     **_BASE,
     "OUTBOX_QUEUE": _QUEUE,
-    "OUTBOX_PUBLISHER": os.environ.get("OUTBOX_TEST_PUBLISHER", "sagaflow.relay.CeleryPublisher"),
+    "OUTBOX_PUBLISHER": os.environ.get(
+        "OUTBOX_TEST_PUBLISHER", "sagaflow.outbox.publishers.CeleryPublisher"
+    ),
     "OUTBOX_KICK_ON_COMMIT": os.environ.get("OUTBOX_TEST_KICK") == "1",
     "OUTBOX_RETRY_BACKOFF": 0.05,
     "OUTBOX_RETRY_MAX_BACKOFF": 0.5,

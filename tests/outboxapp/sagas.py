@@ -5,7 +5,7 @@ import signal
 
 import sagaflow
 from sagaflow import Retry
-from sagaflow.consumers import Event
+from sagaflow.outbox.consumers import Event
 
 from .models import Receipt
 

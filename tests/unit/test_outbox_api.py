@@ -3,8 +3,8 @@
 import pytest
 
 import sagaflow
-from sagaflow import consumers
 from sagaflow.exceptions import DefinitionError
+from sagaflow.outbox import consumers
 
 
 def test_publish_checks_input_before_touching_the_database():

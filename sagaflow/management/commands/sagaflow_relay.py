@@ -19,8 +19,9 @@ import psycopg
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
-from sagaflow import consumers, outbox_store, relay
 from sagaflow.conf import conf
+from sagaflow.outbox import consumers, relay
+from sagaflow.outbox import store as outbox_store
 
 logger = logging.getLogger("sagaflow.relay")
 

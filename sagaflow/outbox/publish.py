@@ -30,12 +30,13 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from . import outbox_store
-from .conf import conf
+from .. import sending
+from ..conf import conf
+from ..context import current_execution
+from ..exceptions import InvalidInputError, NotInTransactionError
+from ..jsonvalue import ensure_json
+from . import store
 from .consumers import current_event
-from .context import current_execution
-from .exceptions import InvalidInputError, NotInTransactionError
-from .jsonvalue import ensure_json
 
 logger = logging.getLogger("sagaflow.outbox")
 
@@ -73,7 +74,7 @@ def publish(
             f"event could not commit or roll back with your change. Call it inside "
             f"`with transaction.atomic():` next to the write it announces."
         )
-    event_id = outbox_store.insert_event(
+    event_id = store.insert_event(
         topic=topic,
         key=key,
         payload=payload,
@@ -104,11 +105,8 @@ def _headers(given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _kick() -> None:
-    from .relay import ONE_ATTEMPT
-    from .tasks import relay_outbox
-
     try:
-        relay_outbox.apply_async(queue=conf.QUEUE or None, **ONE_ATTEMPT)
+        sending.send_task(sending.RELAY_OUTBOX, queue=conf.QUEUE or None, **sending.ONE_ATTEMPT)
     except Exception:  # the broker is down: beat's relay run publishes the events
         logger.warning("could not wake the outbox relay; beat will relay", exc_info=True)
 

@@ -19,7 +19,7 @@ Failure handling:
 - the publish raises: the transaction rolls back, then (in a second short
   transaction) every event of the batch counts a failed attempt and waits
   (exponential backoff with jitter, through ``available_at``); after
-  ``OUTBOX_MAX_ATTEMPTS`` it is ``dead`` until ``outbox_store.requeue_dead``;
+  ``OUTBOX_MAX_ATTEMPTS`` it is ``dead`` until ``store.requeue_dead``;
 - the relay dies after publishing but before the commit (``relay.after_publish``):
   the transaction rolls back, the rows are pending again and the next relay
   publishes them again. That is the one source of duplicates; consumers dedupe.
@@ -28,8 +28,9 @@ Failure handling:
 (``sagaflow.deliver_events`` with the list of events), i.e. a single ``LPUSH``
 on Redis, instead of one ``apply_async`` per event (about 1k/s). The worker that
 receives it runs each event's consumers in their own transaction
-(``consumers.py``). Set ``OUTBOX_PUBLISHER`` to publish elsewhere (Kafka, SNS):
-any class with ``publish(events: list[dict]) -> None`` that raises on failure.
+(``consumers.py``). Set ``OUTBOX_PUBLISHER`` to publish elsewhere (Kafka, SNS): any
+class with ``publish(events: list[dict]) -> None`` that raises on failure
+(``publishers.py``).
 
 **What consumers may assume** (docs/outbox.md has the long form):
 
@@ -48,72 +49,17 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import lru_cache
-from typing import Any, Protocol
 
 from django.db import transaction
-from django.utils.module_loading import import_string
 
-from . import outbox_store
-from .conf import conf
-from .exceptions import ConfigurationError
-from .faults import fault_point
+from ..conf import conf
+from ..faults import fault_point
+from . import store
+from .publishers import Publisher, get_publisher
 
 logger = logging.getLogger("sagaflow.relay")
-
-
-class Publisher(Protocol):
-    def publish(self, events: Sequence[dict[str, Any]]) -> None:
-        """Send the batch in one round trip; raise if it may not have arrived."""
-
-
-#: Publish options for one quick attempt. ``retry=False`` is *not* that: kombu then
-#: still retries the connection for about 6 s per call when Redis refuses it (C8),
-#: whereas ``retry=True`` with ``max_retries=0`` fails in milliseconds.
-ONE_ATTEMPT: dict[str, Any] = {"retry": True, "retry_policy": {"max_retries": 0}}
-
-
-class CeleryPublisher:
-    """Sends a batch as one ``sagaflow.deliver_events`` task message."""
-
-    def publish(self, events: Sequence[dict[str, Any]]) -> None:
-        from .tasks import deliver_events
-
-        deliver_events.apply_async(
-            (list(events),),
-            queue=conf.OUTBOX_QUEUE or conf.QUEUE or None,
-            # Celery otherwise builds a repr of the whole batch for the message
-            # headers (a third of the publish's CPU); the ids say enough.
-            argsrepr=_argsrepr(events),
-            kwargsrepr="{}",
-            # One attempt: a failure is retried by the relay through available_at,
-            # with the rows unlocked meanwhile; Celery's retry would hold them.
-            **ONE_ATTEMPT,
-        )
-
-
-def _argsrepr(events: Sequence[dict[str, Any]]) -> str:
-    if not events:
-        return "([],)"
-    return f"([{len(events)} events, ids {events[0].get('id')}..{events[-1].get('id')}],)"
-
-
-@lru_cache(maxsize=8)
-def _publisher_class(path: str) -> type:
-    try:
-        return import_string(path)
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"SAGAFLOW['OUTBOX_PUBLISHER'] = {path!r} cannot be imported ({exc}); "
-            f"use a dotted path to a class with publish(events), e.g. "
-            f"'sagaflow.relay.CeleryPublisher'."
-        ) from exc
-
-
-def get_publisher() -> Publisher:
-    return _publisher_class(conf.OUTBOX_PUBLISHER)()
 
 
 @dataclass
@@ -136,7 +82,7 @@ class BatchResult:
 
 
 #: Every claim at least this many seconds after the last one without a floor
-#: looks at the whole pending set (``outbox_store.claim``'s ``floor``): what a
+#: looks at the whole pending set (``store.claim``'s ``floor``): what a
 #: floor passed over (a late commit, a retry that became due) waits at most this.
 FULL_SCAN_EVERY = 1.0
 #: A floor is the first pending id a claim saw at least this long ago, so a
@@ -199,7 +145,7 @@ def relay_batch(limit: int, publisher: Publisher | None = None) -> BatchResult:
     try:
         with transaction.atomic():
             now = time.monotonic()
-            events, first = outbox_store.claim(
+            events, first = store.claim(
                 limit,
                 keep_published=bool(conf.OUTBOX_KEEP_PUBLISHED),
                 hold_limit=float(conf.OUTBOX_PUBLISH_TIMEOUT),
@@ -218,7 +164,7 @@ def relay_batch(limit: int, publisher: Publisher | None = None) -> BatchResult:
         exc = failure.exc
         ids = [e.id for e in events]
         with transaction.atomic():
-            retrying, dead = outbox_store.mark_failed(
+            retrying, dead = store.mark_failed(
                 ids,
                 error=f"{type(exc).__name__}: {exc}",
                 max_attempts=int(conf.OUTBOX_MAX_ATTEMPTS),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from django.db import connection
 
-from .outbox_store import INBOX, OUTBOX, purge_in_batches, requeue_where
+from .store import INBOX, OUTBOX, purge_in_batches, requeue_where
 
 
 @dataclass(frozen=True)

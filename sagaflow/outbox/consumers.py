@@ -11,7 +11,7 @@ A handler that raises is rolled back (its savepoint), and the failure is recorde
 on the inbox row with the time of its next try (exponential backoff with jitter,
 in PostgreSQL: C5). The relay's periodic run sends due retries; after the
 consumer's ``Retry.attempts`` tries the row is ``dead`` (dead-lettered: kept,
-visible, re-queueable with ``inbox_store.requeue_dead_inbox``).
+visible, re-queueable with ``inbox.requeue_dead_inbox``).
 
 What a handler may assume:
 
@@ -40,10 +40,11 @@ from typing import Any
 
 from django.db import transaction
 
-from . import inbox_store, outbox_store
-from .conf import conf
-from .exceptions import DefinitionError
-from .retry import Retry
+from .. import sending
+from ..conf import conf
+from ..exceptions import DefinitionError
+from ..retry import Retry
+from . import inbox, store
 
 logger = logging.getLogger("sagaflow.consumers")
 
@@ -203,12 +204,12 @@ def deliver(
 
 
 def _crashed_too_often(entry: Consumer, event: Event) -> bool:
-    crashes = inbox_store.inbox_count_crash(entry.name, event.id, event.topic)
+    crashes = inbox.inbox_count_crash(entry.name, event.id, event.topic)
     policy = entry.policy()
     if crashes is None or not policy.exhausted(crashes):
         return False
-    inbox_store.inbox_failed(
-        entry.name, event.id, attempts=crashes, dead=True, delay=0, error=inbox_store.CRASHED
+    inbox.inbox_failed(
+        entry.name, event.id, attempts=crashes, dead=True, delay=0, error=inbox.CRASHED
     )
     logger.error(
         "consumer %s: event %s killed its worker %d time(s); dead-lettered",
@@ -227,7 +228,7 @@ def apply(entry: Consumer, event: Event, *, retry: bool = False) -> str:
     not due and this is not the retry's message).
     """
     with transaction.atomic():
-        seen = inbox_store.inbox_enter(entry.name, event.id, event.topic)
+        seen = inbox.inbox_enter(entry.name, event.id, event.topic)
         if not seen.new:
             if seen.state != "failed":
                 return "duplicates"
@@ -240,7 +241,7 @@ def apply(entry: Consumer, event: Event, *, retry: bool = False) -> str:
             attempts = seen.attempts + 1
             policy = entry.policy()
             dead = policy.exhausted(attempts)
-            inbox_store.inbox_failed(
+            inbox.inbox_failed(
                 entry.name,
                 event.id,
                 attempts=attempts,
@@ -260,7 +261,7 @@ def apply(entry: Consumer, event: Event, *, retry: bool = False) -> str:
             )
             return "dead" if dead else "failed"
         if not seen.new:
-            inbox_store.inbox_processed(entry.name, event.id)
+            inbox.inbox_processed(entry.name, event.id)
     return "applied"
 
 
@@ -270,16 +271,13 @@ def redeliver_due(limit: int | None = None) -> int:
     Each is stamped as sent (``CONSUMER_REDELIVER_AFTER``), so if the message is
     lost the next sweep sends it again instead of never.
     """
-    from .relay import ONE_ATTEMPT
-    from .tasks import deliver_events
-
     with transaction.atomic():
-        due = inbox_store.take_due_retries(
+        due = inbox.take_due_retries(
             int(limit or conf.SWEEP_BATCH_SIZE), float(conf.CONSUMER_REDELIVER_AFTER)
         )
     if not due:
         return 0
-    events = outbox_store.events_by_ids([message_id for _, message_id in due])
+    events = store.events_by_ids([message_id for _, message_id in due])
     by_consumer: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for name, message_id in due:
         event = events.get(message_id)
@@ -294,11 +292,12 @@ def redeliver_due(limit: int | None = None) -> int:
     sent = 0
     for name, messages in by_consumer.items():
         try:
-            deliver_events.apply_async(
+            sending.send_task(
+                sending.DELIVER_EVENTS,
                 (messages,),
                 {"consumer": name, "retry": True},
                 queue=conf.OUTBOX_QUEUE or conf.QUEUE or None,
-                **ONE_ATTEMPT,
+                **sending.ONE_ATTEMPT,
             )
             sent += len(messages)
         except Exception:
@@ -314,13 +313,10 @@ def redeliver_unconsumed(limit: int | None = None) -> int:
     row shows it. Run by the periodic ``sagaflow.outbox_sweep``; returns how many
     (consumer, event) deliveries were sent. Consumers already done skip (inbox).
     """
-    from .relay import ONE_ATTEMPT
-    from .tasks import deliver_events
-
     sent = 0
     for entry in list(_by_name.values()):
         with transaction.atomic():
-            ids = inbox_store.take_unconsumed(
+            ids = inbox.take_unconsumed(
                 entry.name,
                 entry.topic,
                 settle=float(conf.CONSUMER_REDELIVER_AFTER),
@@ -329,7 +325,7 @@ def redeliver_unconsumed(limit: int | None = None) -> int:
             )
         if not ids:
             continue
-        events = outbox_store.events_by_ids(ids)
+        events = store.events_by_ids(ids)
         messages = [events[i].message() for i in ids if i in events]
         logger.warning(
             "consumer %s never received %d published event(s) (lost by the broker?); "
@@ -338,11 +334,12 @@ def redeliver_unconsumed(limit: int | None = None) -> int:
             len(messages),
         )
         try:
-            deliver_events.apply_async(
+            sending.send_task(
+                sending.DELIVER_EVENTS,
                 (messages,),
                 {"consumer": entry.name},
                 queue=conf.OUTBOX_QUEUE or conf.QUEUE or None,
-                **ONE_ATTEMPT,
+                **sending.ONE_ATTEMPT,
             )
             sent += len(messages)
         except Exception:

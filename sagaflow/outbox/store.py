@@ -1,5 +1,5 @@
 """Every query on ``OutboxEvent``: all the relay's PostgreSQL SQL (the consumers'
-inbox is ``inbox_store``).
+inbox is ``inbox.py``).
 
 **Claiming** (``claim``) runs inside the relay's transaction as one statement
 (one round trip, see its docstring for why one snapshot is enough):
