@@ -1,4 +1,5 @@
-"""Shared plumbing for benchmarks: Django setup, a worker process, medians."""
+"""Shared plumbing for benchmarks: Django setup, a worker process, a database session of
+its own, medians."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,6 +86,25 @@ def wait_for(condition: Callable[[], bool], timeout: float = 600, every: float =
         if time.monotonic() > deadline:
             raise TimeoutError("benchmark did not finish")
         time.sleep(every)
+
+
+def stat_connection() -> psycopg.Connection:
+    """An autocommit session of its own on the bench database, outside Django's.
+
+    For what must not be counted in, or disturbed by, Django's connection: reading
+    ``pg_stat_database`` from a fresh session, the calibration's timed commits.
+    """
+    import psycopg
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    return psycopg.connect(
+        host=db["HOST"] or "localhost",
+        port=db["PORT"] or 5432,
+        user=db["USER"] or "postgres",
+        dbname=db["NAME"],
+        autocommit=True,
+    )
 
 
 def median_of(runs: int, measure: Callable[[], float]) -> tuple[float, list[float]]:
