@@ -9,7 +9,7 @@ from django.test import Client
 from demo_shop import invariants, seed
 from demo_shop.models import Order, OrderStatus
 from sagaflow import relay, sweeper
-from tests.processes import wait_until
+from tests.waiting import wait_until
 
 SHOP_DB = ["default", "services"]
 
