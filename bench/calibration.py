@@ -11,6 +11,8 @@ from __future__ import annotations
 import statistics
 import time
 
+from bench.common import stat_connection
+
 CLAIM_TABLE = "bench_calibration_claim"
 
 
@@ -26,9 +28,7 @@ def _timed(repeat: int, action) -> float:
 
 
 def durable_commit_ms() -> float:
-    from bench.saga_engine import _stat_connection
-
-    with _stat_connection() as conn:
+    with stat_connection() as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS bench_calibration_commit (v int)")
         conn.execute("SET synchronous_commit TO on")
         conn.autocommit = False
@@ -44,9 +44,7 @@ def durable_commit_ms() -> float:
 
 
 def skip_locked_claim_ms(rows: int = 30_000) -> float:
-    from bench.saga_engine import _stat_connection
-
-    with _stat_connection() as conn:
+    with stat_connection() as conn:
         conn.execute(f"DROP TABLE IF EXISTS {CLAIM_TABLE}")
         conn.execute(
             f"CREATE TABLE {CLAIM_TABLE} (id bigserial PRIMARY KEY, payload jsonb NOT NULL)"
@@ -87,12 +85,3 @@ def measure() -> dict[str, float]:
         "skip_locked_claim_100_ms": skip_locked_claim_ms(),
         "lpush_100_values_ms": lpush_ms(),
     }
-
-
-LABELS = {
-    "durable_commit_ms": "durable single-row commit",
-    "skip_locked_claim_100_ms": "raw SKIP LOCKED claim+delete of 100 rows",
-    "lpush_100_values_ms": "variadic LPUSH of 100 values",
-    "bare_drain_tasks_per_s": "bare Celery no-op drain, 1 process (tasks/s)",
-    "chain_hop_ms": "10-task Celery chain, time per hop",
-}

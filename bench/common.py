@@ -1,4 +1,5 @@
-"""Shared plumbing for benchmarks: Django setup, a worker process, medians."""
+"""Shared plumbing for benchmarks: Django setup, a worker process, a database session of
+its own, medians."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tests.waiting import wait_until
+
+if TYPE_CHECKING:
+    import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,20 +73,35 @@ def start_worker(concurrency: int = 1) -> subprocess.Popen:
     )
     from demo_shop.celery import app
 
-    deadline = time.monotonic() + 60
-    while not app.control.ping(timeout=0.5):
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise RuntimeError("the bench worker did not start")
+    wait_until(  # each ping waits half a second for an answer
+        lambda: process.poll() is not None or app.control.ping(timeout=0.5),
+        timeout=60,
+        every=0,
+        what="the bench worker to answer a ping",
+    )
+    if process.poll() is not None:
+        raise RuntimeError(f"the bench worker exited ({process.returncode}) before it started")
     del settings
     return process
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 600, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark did not finish")
-        time.sleep(every)
+def stat_connection() -> psycopg.Connection:
+    """An autocommit session of its own on the bench database, outside Django's.
+
+    For what must not be counted in, or disturbed by, Django's connection: reading
+    ``pg_stat_database`` from a fresh session, the calibration's timed commits.
+    """
+    import psycopg
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    return psycopg.connect(
+        host=db["HOST"] or "localhost",
+        port=db["PORT"] or 5432,
+        user=db["USER"] or "postgres",
+        dbname=db["NAME"],
+        autocommit=True,
+    )
 
 
 def median_of(runs: int, measure: Callable[[], float]) -> tuple[float, list[float]]:

@@ -17,6 +17,8 @@ Requests go through a real WSGI call path (``WSGIHandler``: request parsing,
 URL resolving, the middleware chain, the response iterable; no socket), with
 ``CommonMiddleware`` as the rest of the stack. The scope is a constant (no user
 lookup), so only the idempotency work differs between a figure and its reference.
+The views, their URLconf and the call path are in ``bench.idempotency_requests``;
+this module measures them and states the figures.
 
 Standalone: ``DATABASE_URL=postgres://… python bench/idempotency.py [--quick]
 [--requests=N]``
@@ -26,8 +28,6 @@ Standalone: ``DATABASE_URL=postgres://… python bench/idempotency.py [--quick]
 from __future__ import annotations
 
 import gc
-import io
-import json
 import statistics
 import sys
 import time
@@ -39,131 +39,25 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Figure
+from bench.idempotency_requests import (
+    BASE_MIDDLEWARE,
+    CUSTOMER,
+    SCOPE,
+    WITH_MIDDLEWARE,
+    URLConf,
+    Wsgi,
+)
 
 SECTION = "idempotency"
-SCOPE = "bench-idempotency"
-CUSTOMER = "bench-idempotency@example.com"
-BODY = json.dumps(
-    {"customer": CUSTOMER, "total_cents": 4200, "items": [{"sku": "A-1", "qty": 2}]}
-).encode()
-BASE_MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
-WITH_MIDDLEWARE = [*BASE_MIDDLEWARE, "sagaflow.middleware.IdempotencyMiddleware"]
 REPLAY_KEY = "bench-replay-key"
 TIMES = "\N{MULTIPLICATION SIGN}"
-
-
-# --- the views ----------------------------------------------------------------------
-
-
-def _scope(request) -> str:
-    return SCOPE
-
-
-def _write(request):
-    """A realistic small write: parse the JSON body, insert one order, answer 201."""
-    from django.http import JsonResponse
-
-    from demo_shop.models import Order, Style
-
-    data = json.loads(request.body)
-    order = Order.objects.create(
-        customer=data["customer"], style=Style.ORCHESTRATED, total_cents=data["total_cents"]
-    )
-    return JsonResponse({"order_id": order.pk, "status": order.status}, status=201)
-
-
-def _trivial(request):
-    from django.http import JsonResponse
-
-    return JsonResponse({"ok": True, "order_id": 42}, status=201)
-
-
-def _read(request):
-    """The floor under any replay: one indexed read (raw SQL), then a small JSON."""
-    from django.db import connection
-    from django.http import JsonResponse
-
-    with connection.cursor() as cursor:
-        cursor.execute('SELECT "response_status" FROM "sagaflow_idempotencykey" WHERE "id" = 0')
-        row = cursor.fetchone()
-    return JsonResponse({"ok": True, "order_id": 42, "row": row}, status=201)
-
-
-class _URLConf:
-    """A URLconf object (``ROOT_URLCONF`` may be one): no module to import."""
-
-    def __init__(self) -> None:
-        from django.db import transaction
-        from django.urls import path
-
-        from sagaflow.idempotency import idempotent
-
-        keyed = idempotent(scope=_scope)
-        self.urlpatterns = [
-            path("write/", transaction.atomic(_write)),
-            path("write-keyed/", transaction.atomic(keyed(_write))),
-            path("write-claim-first/", keyed(transaction.atomic(_write))),
-            path("trivial/", _trivial),
-            path("read/", _read),
-        ]
-
-
-# --- the WSGI call path ---------------------------------------------------------------
-
-
-class _Wsgi:
-    """POSTs through a ``WSGIHandler`` built with one middleware stack."""
-
-    def __init__(self, middleware: list[str]) -> None:
-        from django.core.handlers.wsgi import WSGIHandler
-        from django.test.utils import override_settings
-
-        with override_settings(MIDDLEWARE=middleware):
-            self.handler = WSGIHandler()  # loads the middleware chain now
-        self.status = ""
-
-    def _start_response(self, status: str, headers: list, exc_info=None) -> None:
-        self.status = status
-
-    def post(self, path: str, key: str | None = None) -> bytes:
-        environ = {
-            "REQUEST_METHOD": "POST",
-            "PATH_INFO": path,
-            "SCRIPT_NAME": "",
-            "QUERY_STRING": "",
-            "SERVER_NAME": "testserver",
-            "SERVER_PORT": "80",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "REMOTE_ADDR": "127.0.0.1",
-            "CONTENT_TYPE": "application/json",
-            "CONTENT_LENGTH": str(len(BODY)),
-            "HTTP_HOST": "testserver",
-            "HTTP_ACCEPT": "application/json",
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(BODY),
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": False,
-            "wsgi.multiprocess": True,
-            "wsgi.run_once": False,
-        }
-        if key is not None:
-            environ["HTTP_IDEMPOTENCY_KEY"] = key
-        response = self.handler(environ, self._start_response)
-        try:
-            body = b"".join(response)
-        finally:
-            response.close()
-        if not self.status.startswith("201"):
-            raise RuntimeError(f"POST {path}: unexpected {self.status} {body[:300]!r}")
-        return body
 
 
 # --- measuring ------------------------------------------------------------------------
 
 
 class _Variant:
-    def __init__(self, name: str, wsgi: _Wsgi, path: str, keys: str | None) -> None:
+    def __init__(self, name: str, wsgi: Wsgi, path: str, keys: str | None) -> None:
         self.name = name
         self.wsgi = wsgi
         self.path = path
@@ -271,8 +165,8 @@ def figures(quick: bool = False, *, requests: int | None = None) -> list[Figure]
     if requests is not None:
         per_run = max(requests, chunk)
     _clean(vacuum=True)
-    with override_settings(ROOT_URLCONF=_URLConf(), DEBUG=False):
-        plain, keyed = _Wsgi(BASE_MIDDLEWARE), _Wsgi(WITH_MIDDLEWARE)
+    with override_settings(ROOT_URLCONF=URLConf(), DEBUG=False):
+        plain, keyed = Wsgi(BASE_MIDDLEWARE), Wsgi(WITH_MIDDLEWARE)
         write = _Variant("write, no middleware, no key", plain, "/write/", None)
         first = _Variant("write, first request (new key), atomic", keyed, "/write-keyed/", "new")
         claim_first = _Variant(

@@ -1,4 +1,5 @@
-"""django-celery-outbox's relay on the bench database and broker (a child of bench/relay.py).
+"""django-celery-outbox's relay on the bench database and broker (a child of
+bench/relay_peers.py).
 
 Prints one JSON line: ``{"rates": [...]}`` (rows/s per repetition) or ``{"error": "..."}``.
 Run with ``DJANGO_SETTINGS_MODULE=bench.relay_settings BENCH_RELAY_DCO=1``.

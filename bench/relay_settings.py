@@ -3,10 +3,10 @@ django-celery-outbox's relay): the bench settings, the bench queue, batch 100.""
 
 import os
 
+from bench.relay_backlog import QUEUE
 from bench.settings import *  # noqa: F403
 from bench.settings import INSTALLED_APPS
 
-QUEUE = "sagaflow-bench-relay"
 SAGAFLOW = {
     "OUTBOX_QUEUE": QUEUE,
     "OUTBOX_BATCH_SIZE": int(os.environ.get("BENCH_RELAY_BATCH", "100")),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Figure, setup_django, start_worker
+from bench.common import Figure, setup_django, start_worker, stat_connection
 
 RUNS = 3
 
@@ -56,20 +56,6 @@ def _reset() -> None:
 # --- transactions, from pg_stat_database ------------------------------------------------
 
 
-def _stat_connection():
-    import psycopg
-    from django.conf import settings
-
-    db = settings.DATABASES["default"]
-    return psycopg.connect(
-        host=db["HOST"] or "localhost",
-        port=db["PORT"] or 5432,
-        user=db["USER"] or "postgres",
-        dbname=db["NAME"],
-        autocommit=True,
-    )
-
-
 def _commits() -> int:
     """Committed transactions in this database so far, every session's counts flushed.
 
@@ -86,7 +72,7 @@ def _commits() -> int:
     _wait_done(1)
     connection.close()  # this process's session reports as it ends
     time.sleep(0.05)
-    with _stat_connection() as conn:
+    with stat_connection() as conn:
         row = conn.execute(
             "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
         ).fetchone()

@@ -1,22 +1,11 @@
-"""Helpers shared by the idempotency tests: waiting on database conditions."""
+"""Conditions the idempotency tests wait for (with ``tests.waiting.wait_until``), read on
+the database clock."""
 
 from __future__ import annotations
-
-import time
-from collections.abc import Callable
 
 from django.db.models.functions import Now
 
 from sagaflow.models import IdempotencyKey
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.01)
 
 
 def some_lease_lapsed() -> bool:

@@ -13,13 +13,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from django.db import connection
+
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,30 +43,6 @@ def child_env(**extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
-
-
-def wait_until(
-    condition: Callable[[], Any],
-    *,
-    timeout: float = 60.0,
-    every: float = 0.1,
-    tick: Callable[[], Any] | None = None,
-    what: str = "condition",
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout``.
-
-    ``tick`` runs before each poll (the tests pass the sweeper, playing celery beat).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        if tick is not None:
-            tick()
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 class Process:

@@ -10,7 +10,7 @@ from demo_shop import invariants, seed
 from demo_shop.models import Order, OrderStatus
 from sagaflow.outbox import relay
 from sagaflow.saga import sweeper
-from tests.processes import wait_until
+from tests.waiting import wait_until
 
 SHOP_DB = ["default", "services"]
 

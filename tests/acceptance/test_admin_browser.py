@@ -14,8 +14,9 @@ from django.contrib.auth import get_user_model
 
 from sagaflow.models import Saga, SagaState
 from sagaflow.testing import run_inline
-from tests.processes import Worker, wait_until
+from tests.processes import Worker
 from tests.sagaapp import sagas
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.browser]
 

@@ -10,7 +10,8 @@ from sagaflow.outbox import consumers, relay
 from tests.outboxapp import sagas
 from tests.outboxapp.broker import BrokerQueue
 from tests.outboxapp.models import Receipt
-from tests.processes import Worker, wait_until
+from tests.processes import Worker
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 

@@ -20,8 +20,9 @@ import sagaflow
 from sagaflow.models import OutboxEvent, OutboxState
 from sagaflow.outbox import store as outbox_store
 from tests.outboxapp.broker import BrokerQueue
-from tests.processes import ROOT, Relay, child_env, wait_until
+from tests.processes import ROOT, Relay, child_env
 from tests.services import PrivateRedis
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 

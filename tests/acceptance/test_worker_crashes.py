@@ -12,9 +12,10 @@ import pytest
 from sagaflow.models import SagaState, SagaStep, StepState
 from sagaflow.saga import sweeper
 from sagaflow.testing import captured_dispatches
-from tests.processes import Worker, wait_until
+from tests.processes import Worker
 from tests.sagaapp import sagas
 from tests.sagaapp.models import AtomicWrite, Call, Effect
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 

@@ -8,9 +8,10 @@ import pytest
 from sagaflow.models import Saga, SagaState, SagaStep, StepState
 from sagaflow.saga import sweeper
 from sagaflow.testing import captured_dispatches
-from tests.processes import Beat, wait_until
+from tests.processes import Beat
 from tests.sagaapp import sagas
 from tests.sagaapp.models import Call, Effect
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.services import PrivateRedis
+from tests.waiting import WaitTimeout, wait_until
 
 from .cluster import PrivatePostgres
 from .topology import Topology
@@ -139,11 +140,12 @@ class Injector:
         pidfile = self.pid_dir / f"{record.saga_id}.pid"
         # Generous: after a worker kill or a broker outage the step may wait behind
         # a backlog before a worker takes it.
-        deadline = time.monotonic() + 120
-        while not pidfile.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not pidfile.exists():
-            raise RuntimeError(f"the slow step of {record.saga_id} did not start in 120 s")
+        wait_until(
+            pidfile.exists,
+            timeout=120,
+            every=0.05,
+            what=f"the slow step of saga {record.saga_id} to start (its pid file)",
+        )
         pid = int(pidfile.read_text())
         slot = next((s for s in self.topology.role("worker") if pid in s.children()), None)
         if slot is None:
@@ -169,9 +171,13 @@ class Injector:
         armed = {"SAGAFLOW_FAULTS": f"{point}=kill", "SAGAFLOW_FAULTS_ONCE_DIR": str(once)}
         self.topology.replace(slot, armed)
         fired = once / f"{point}.fired"
-        deadline = time.monotonic() + self.timings.point_wait
-        while not fired.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        with contextlib.suppress(WaitTimeout):  # not reached in time: recorded as not fired
+            wait_until(
+                fired.exists,
+                timeout=self.timings.point_wait,
+                every=0.2,
+                what=f"{point} to fire in {slot.name}",
+            )
         record.fired = fired.exists()
         if record.fired:
             time.sleep(1.0)  # let the crash happen (the file is written just before the kill)

@@ -1,9 +1,11 @@
 """One run's table (Markdown, also printed) and its plot (PNG: throughput and backlog
-over time, fault intervals shaded)."""
+over time, fault intervals shaded), and the files they are written to."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -150,3 +152,21 @@ def plot(summary: dict, samples: list[dict], path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def write(summary: dict, samples: list[dict], out: Path | None, log: Callable[[str], None]) -> None:
+    """Print the table; with ``out``, write ``chaos-<profile>.md``, ``.png`` and
+    ``.json`` (the summary and every sample) there."""
+    text = table(summary)
+    print(text, flush=True)
+    if out is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"chaos-{summary['profile']}"
+    (out / f"{stem}.md").write_text(text)
+    if not plot(summary, samples, out / f"{stem}.png"):
+        log("no plot: matplotlib is not installed (pip install -e '.[chaos]')")
+    (out / f"{stem}.json").write_text(
+        json.dumps({**summary, "samples": samples}, indent=1, default=str)
+    )
+    log(f"wrote {out / stem}.md, .png and .json")

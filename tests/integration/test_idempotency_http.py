@@ -17,9 +17,10 @@ from django.test.utils import CaptureQueriesContext
 
 from sagaflow.exceptions import ConfigurationError
 from sagaflow.models import IdempotencyKey, IdempotencyKeyState
-from tests.idempotency_support import some_key_expired, wait_until
+from tests.idempotency_support import some_key_expired
 from tests.idempotency_views import MIDDLEWARE, recorder
 from tests.sagaapp.models import AtomicWrite
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -328,7 +329,7 @@ def test_without_a_transaction_the_claim_commits_first(client_a):
 def test_expired_key_can_be_used_again(client_a):
     first = post(client_a, url="/orders/short/")
     assert first.status_code == 201
-    wait_until(some_key_expired)
+    wait_until(some_key_expired, timeout=15, what="the key to expire")
     again = post(client_a, url="/orders/short/", body={"amount": 99})
     assert again.status_code == 201
     assert not again.has_header("Idempotent-Replayed")

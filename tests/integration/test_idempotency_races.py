@@ -22,8 +22,9 @@ from sagaflow import tasks
 from sagaflow.models import IdempotencyKey, IdempotencyKeyState
 from sagaflow.ops.janitor import clean
 from sagaflow.testing import armed_fault
-from tests.idempotency_support import some_lease_lapsed, wait_until
+from tests.idempotency_support import some_lease_lapsed
 from tests.idempotency_views import MIDDLEWARE, recorder
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -96,7 +97,11 @@ def test_twenty_concurrent_identical_requests_run_the_view_once(client_a, mode, 
         thread.start()
     # The one request that won is held inside its view until every other has
     # answered, so all of them really overlapped with it.
-    wait_until(lambda: len(results) >= threads_n - 1, timeout=60)
+    wait_until(
+        lambda: len(results) >= threads_n - 1,
+        timeout=60,
+        what=f"{threads_n - 1} of {threads_n} requests to be answered",
+    )
     recorder.gate.set()
     for thread in threads:
         thread.join(timeout=60)
@@ -159,7 +164,7 @@ def test_crash_after_claim_is_taken_over_after_the_lease(client_a):
     assert busy.status_code == 409
     assert busy["Retry-After"] == "1"
     assert recorder.count() == 0
-    wait_until(some_lease_lapsed)
+    wait_until(some_lease_lapsed, timeout=15, what="the claim's lease to lapse")
     taken_over = post(client_a)
     assert taken_over.status_code == 201
     assert taken_over.json()["attempt"] == 2
@@ -172,7 +177,7 @@ def test_crash_after_view_reruns_it_with_the_attempt_number(client_a):
         assert post(client_a).status_code == 500
     assert recorder.count() == 1  # the view ran; its response was lost
     assert post(client_a).status_code == 409
-    wait_until(some_lease_lapsed)
+    wait_until(some_lease_lapsed, timeout=15, what="the claim's lease to lapse")
     second = post(client_a)
     assert second.json()["attempt"] == 2
     assert recorder.count() == 2
@@ -192,7 +197,7 @@ def test_crash_in_atomic_mode_rolls_back_the_claim(client_a):
 def test_a_lapsed_claim_is_not_taken_over_by_a_different_request(client_a):
     with armed_fault("idempotency.after_claim"):
         post(client_a)
-    wait_until(some_lease_lapsed)
+    wait_until(some_lease_lapsed, timeout=15, what="the claim's lease to lapse")
     other = client_a.post(
         "/orders/", data='{"amount": 6}', content_type="application/json",
         headers={"Idempotency-Key": "key-1"},

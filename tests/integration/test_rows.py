@@ -8,7 +8,7 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 
 from sagaflow.models import Saga
 from sagaflow.saga import rows
-from tests.processes import wait_until
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
