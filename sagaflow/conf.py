@@ -69,7 +69,7 @@ class Defaults:
         "Link",
     )
     #: A ``CACHES`` alias to keep completed responses in, so that replays skip the
-    #: database (``idempotency_cache.py``); None: every replay reads its row.
+    #: database (``sagaflow.idempotency.cache``); None: every replay reads its row.
     IDEMPOTENCY_REPLAY_CACHE: str | None = None
     #: Seconds a cached response is served: also how long, at most, a replay may
     #: outlive its key's expiry or deletion.

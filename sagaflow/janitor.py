@@ -7,8 +7,9 @@ only sequences them and reports counts, so adding a kind is one line.
 
 from __future__ import annotations
 
-from . import idempotency_store, inbox_store, outbox_store
+from . import inbox_store, outbox_store
 from .conf import conf
+from .idempotency import store as idempotency_store
 
 
 def clean() -> dict[str, int]:

@@ -16,8 +16,8 @@ from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.utils.module_loading import import_string
 
-from .conf import conf
-from .exceptions import (
+from ..conf import conf
+from ..exceptions import (
     ConfigurationError,
     IdempotencyBodyMalformed,
     IdempotencyError,

@@ -34,9 +34,8 @@ from django.db import connections, transaction
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
-from . import idempotency_cache as replay_cache
-from .conf import conf
-from .exceptions import (
+from ..conf import conf
+from ..exceptions import (
     ConfigurationError,
     IdempotencyError,
     IdempotencyKeyInFlight,
@@ -45,10 +44,10 @@ from .exceptions import (
     IdempotencyResponseNotStored,
     IdempotencyScopeMissing,
 )
-from .faults import fault_point, register_points
-from .idempotency_http import (
+from ..faults import fault_point, register_points
+from . import cache as replay_cache
+from .http import (
     HEADER,
-    REPLAYED_HEADER,
     ScopeFunction,
     fingerprint,
     import_scope,
@@ -56,19 +55,7 @@ from .idempotency_http import (
     problem_response,
     replay,
     stored_headers,
-    user_scope,
 )
-
-__all__ = [
-    "HEADER",
-    "REPLAYED_HEADER",
-    "IdempotencyInfo",
-    "fingerprint",
-    "idempotent",
-    "parse_key",
-    "problem_response",
-    "user_scope",
-]
 
 logger = logging.getLogger("sagaflow.idempotency")
 
@@ -267,7 +254,7 @@ def _prepare(request: Any, policy: _Policy) -> _Prepared | HttpResponse | None:
 
 
 def _identity(prepared: _Prepared) -> Any:
-    from . import idempotency_store as store
+    from . import store
 
     return store.Identity(prepared.scope, prepared.method, prepared.route, prepared.key)
 
@@ -279,7 +266,7 @@ def _claim(prepared: _Prepared, using: str, *, atomic_mode: bool) -> Any:
     the response is); claim-first mode writes the in-flight claim, committed at
     once when no transaction is open.
     """
-    from . import idempotency_store as store
+    from . import store
 
     take = store.reserve if atomic_mode else store.claim
     identity = _identity(prepared)
@@ -307,7 +294,7 @@ def _answer(prepared: _Prepared, outcome: Any, *, using: str | None = None) -> H
     With ``using``, ``outcome`` was just read from that database: a completed one
     goes to the replay cache.
     """
-    from . import idempotency_store as store
+    from . import store
 
     try:
         if isinstance(outcome, store.Existing) and outcome.fingerprint != prepared.fingerprint:
@@ -336,7 +323,7 @@ def _answer(prepared: _Prepared, outcome: Any, *, using: str | None = None) -> H
 
 
 def _claim_first(prepared: _Prepared, using: str) -> Any:
-    from . import idempotency_store as store
+    from . import store
 
     # A replay, or a key in flight elsewhere, answers from one read: no transaction.
     cached = _cached(prepared, using)
@@ -368,7 +355,7 @@ def _render(request: Any, response: Any) -> Any:
 
 def _record(claimed: Any, response: HttpResponseBase) -> bool:
     """Store the response; False if the key is no longer ours (nothing stored)."""
-    from . import idempotency_store as store
+    from . import store
 
     body = None if response.streaming else bytes(response.content)  # type: ignore[attr-defined]
     if body is None:
@@ -396,7 +383,7 @@ def _record(claimed: Any, response: HttpResponseBase) -> bool:
 def _run_sync(
     prepared: _Prepared, request: Any, view: Callable[..., Any], args: Any, kwargs: Any
 ) -> Any:
-    from . import idempotency_store as store
+    from . import store
 
     using = store.alias()
     atomic_mode = connections[using].in_atomic_block
@@ -441,7 +428,7 @@ def _run_sync(
 
 async def _run_async(prepared: _Prepared, view: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     # Async views cannot run in a transaction: always claim-first.
-    from . import idempotency_store as store
+    from . import store
 
     using = store.alias()
     outcome = await sync_to_async(_claim_first)(prepared, using)

@@ -1,6 +1,6 @@
 """Every query on ``IdempotencyKey``.
 
-The policy (``idempotency.py``) decides; this module reads and writes. On
+The policy (``decorator.py``) decides; this module reads and writes. On
 PostgreSQL a key is never taken by check-then-insert: the unique (scope, method,
 route, key) constraint decides, through ``INSERT … ON CONFLICT … DO UPDATE …
 WHERE``, so two requests with the same key cannot both win (PITFALLS P6).
@@ -30,7 +30,7 @@ replay is one indexed ``SELECT``.
 Times are the database clock (``statement_timestamp()``), so web servers with
 drifting clocks agree on when a lease or a key has expired (C11).
 
-Other databases (SQLite, for the demo) are served by ``idempotency_portable``:
+Other databases (SQLite, for the demo) are served by ``portable``:
 the same rules through the ORM, without the no-wait lock.
 """
 
@@ -44,9 +44,9 @@ from datetime import datetime
 
 from django.db import connections, router, transaction
 
-from . import idempotency_portable as portable
-from .exceptions import ConfigurationError
-from .models import IdempotencyKey
+from ..exceptions import ConfigurationError
+from ..models import IdempotencyKey
+from . import portable
 
 IN_FLIGHT = "in_flight"
 COMPLETED = "completed"
@@ -119,7 +119,7 @@ def alias() -> str:
 
 
 def _is_postgresql(using: str) -> bool:
-    """Other databases (SQLite for the demo) take ``idempotency_portable``'s path."""
+    """Other databases (SQLite for the demo) take ``portable``'s path."""
     return connections[using].vendor == "postgresql"
 
 
@@ -325,7 +325,7 @@ def reserve(
     """
     if not connections[using].in_atomic_block:
         raise ConfigurationError(
-            "idempotency_store.reserve() must run inside transaction.atomic()."
+            "sagaflow.idempotency.store.reserve() must run inside transaction.atomic()."
         )
     if not _is_postgresql(using):
         return portable.claim(identity, fingerprint, lease=lease, ttl=ttl, using=using)

@@ -1,7 +1,7 @@
 """The idempotency-key queries for databases other than PostgreSQL (SQLite, for
 ``make demo`` and local development).
 
-Same rules as ``idempotency_store``'s PostgreSQL statements, written with the ORM:
+Same rules as ``store``'s PostgreSQL statements, written with the ORM:
 the unique (scope, method, route, key) constraint still decides who wins a claim
 (create, and on IntegrityError read the winner), and every takeover is a
 compare-and-set ``UPDATE``. What PostgreSQL adds is not reproduced: a loser does
@@ -19,11 +19,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from .models import IdempotencyKey, IdempotencyKeyState
+from ..models import IdempotencyKey, IdempotencyKeyState
 
 
 def claim(identity, fingerprint: str, *, lease: float, ttl: float, using: str):
-    from .idempotency_store import Claimed, Existing, Vanished
+    from .store import Claimed, Existing, Vanished
 
     now = timezone.now()
     token = uuid.uuid4()

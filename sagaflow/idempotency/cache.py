@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 from django.core.cache import caches
 
-from .conf import conf
+from ..conf import conf
 
 if TYPE_CHECKING:
-    from .idempotency_store import Existing, Identity
+    from .store import Existing, Identity
 
 
 def _key(identity: Identity, using: str) -> str | None:
@@ -37,7 +37,7 @@ def get(identity: Identity, using: str) -> Existing | None:
     found = caches[conf.IDEMPOTENCY_REPLAY_CACHE].get(key)
     if found is None:
         return None
-    from .idempotency_store import COMPLETED, Existing
+    from .store import COMPLETED, Existing
 
     fingerprint, status, headers, body = found
     return Existing(COMPLETED, fingerprint, status, headers, body)
