@@ -1,6 +1,6 @@
 """The HTTP side of the Idempotency-Key policy, free of database and view plumbing:
-parsing the header, fingerprinting a request, whose key it is, and the responses
-(RFC 9457 problems, replays) sent back.
+parsing the header, fingerprinting a request, and the responses (RFC 9457
+problems, replays) sent back.
 """
 
 from __future__ import annotations
@@ -8,23 +8,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
-from functools import lru_cache
-from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
-from django.utils.module_loading import import_string
 
 from ..conf import conf
 from ..exceptions import (
-    ConfigurationError,
     IdempotencyBodyMalformed,
     IdempotencyError,
     IdempotencyKeyInvalid,
 )
-
-ScopeFunction = Callable[[Any], "str | None"]
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -108,29 +101,6 @@ def fingerprint(request: HttpRequest, method: str, route: str) -> str:
         digest.update(b"\0")
     digest.update(body)
     return digest.hexdigest()
-
-
-def user_scope(request: Any) -> str | None:
-    """Default scope: the authenticated user's primary key; None if anonymous.
-
-    There is no shared anonymous bucket: one anonymous client could otherwise
-    block or read another's responses by guessing its key.
-    """
-    user = getattr(request, "user", None)
-    if user is None or not user.is_authenticated:
-        return None
-    return f"user:{user.pk}"
-
-
-@lru_cache(maxsize=8)
-def import_scope(path: str) -> ScopeFunction:
-    try:
-        return import_string(path)
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"SAGAFLOW['IDEMPOTENCY_SCOPE'] = {path!r} cannot be imported ({exc}); "
-            f"give the dotted path of a function scope(request) -> str | None."
-        ) from exc
 
 
 def problem_response(error: IdempotencyError) -> HttpResponse:
