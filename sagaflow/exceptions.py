@@ -87,7 +87,7 @@ class IdempotencyScopeMissing(IdempotencyError):
 class IdempotencyBodyMalformed(IdempotencyError):
     status_code = 400
     code = "request-body-malformed"
-    title = "Request body is not valid JSON"
+    title = "Request body cannot be read"
 
 
 class IdempotencyKeyInFlight(IdempotencyError):

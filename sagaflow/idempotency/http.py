@@ -9,11 +9,15 @@ import hashlib
 import json
 import re
 
+from django.core.files.uploadedfile import UploadedFile
 from django.http import HttpRequest, HttpResponse
+from django.http.multipartparser import MultiPartParserError
+from django.http.request import RawPostDataException
 from django.http.response import HttpResponseBase
 
 from ..conf import conf
 from ..exceptions import (
+    ConfigurationError,
     IdempotencyBodyMalformed,
     IdempotencyError,
     IdempotencyKeyInvalid,
@@ -71,8 +75,17 @@ def parse_key(raw: str | None) -> str | None:
     return value
 
 
+#: Form fields that are not part of the operation: a new page render gives a new
+#: masked CSRF token, and a retry from it must not be refused as another request.
+_NOT_FINGERPRINTED_FIELDS = frozenset({"csrfmiddlewaretoken"})
+
+
 def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
+
+
+def _is_form(content_type: str) -> bool:
+    return content_type in ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 def fingerprint(request: HttpRequest, method: str, route: str) -> str:
@@ -80,26 +93,85 @@ def fingerprint(request: HttpRequest, method: str, route: str) -> str:
 
     A JSON body is hashed in canonical form (sorted keys, no whitespace), so a
     client that re-serialises the same object differently is not refused with 422.
-    Raises ``IdempotencyBodyMalformed`` for a JSON media type with a body that is
-    not JSON: such a request can never run, so it must not consume the key.
+    A form (multipart or urlencoded) is hashed as its parsed fields and files, in
+    the order sent, without the CSRF token: a multipart retry has a new boundary,
+    and CSRF or Django REST framework may have read the body's stream already.
+    Raises ``IdempotencyBodyMalformed`` for a body that cannot be read (JSON that
+    is not JSON or is nested too deeply, a broken multipart body): such a request
+    can never run, so it must not consume the key.
     """
     content_type = (request.content_type or "").lower()
-    body = request.body  # RequestDataTooBig propagates: Django answers 400, nothing claimed
-    if _is_json(content_type) and body.strip():
-        try:
-            body = json.dumps(
-                json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-            ).encode()
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise IdempotencyBodyMalformed(
-                f"The body is sent as {content_type} but is not valid JSON ({exc}). "
-                f"Fix the body and retry with the same {HEADER}; it was not used."
-            ) from exc
+    if _is_form(content_type):
+        body = _form(request, content_type)
+    else:
+        body = _body(request)
+        if _is_json(content_type) and body.strip():
+            body = _canonical_json(body, content_type)
     digest = hashlib.sha256()
     for part in (method, route, request.get_full_path(), content_type):
         digest.update(part.encode("utf-8", "surrogateescape"))
         digest.update(b"\0")
     digest.update(body)
+    return digest.hexdigest()
+
+
+def _body(request: HttpRequest) -> bytes:
+    try:
+        return request.body  # RequestDataTooBig propagates: Django answers 400
+    except RawPostDataException as exc:
+        raise ConfigurationError(
+            f"@idempotent cannot fingerprint this {request.content_type} request: code that "
+            f"ran before the view read its body as a stream (request.read()), so the body "
+            f"is gone. Read request.body instead, or let the view parse it."
+        ) from exc
+
+
+def _canonical_json(body: bytes, content_type: str) -> bytes:
+    try:
+        value = json.loads(body)
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except RecursionError:
+        raise IdempotencyBodyMalformed(
+            f"The {content_type} body is nested too deeply to be read. Send a flatter "
+            f"document and retry with the same {HEADER}; it was not used."
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IdempotencyBodyMalformed(
+            f"The body is sent as {content_type} but is not valid JSON ({exc}). "
+            f"Fix the body and retry with the same {HEADER}; it was not used."
+        ) from exc
+    return text.encode("utf-8", "surrogatepass")  # "\\ud800" is valid JSON
+
+
+def _form(request: HttpRequest, content_type: str) -> bytes:
+    """The form's fields and files as canonical JSON (the boundary plays no part)."""
+    try:
+        fields, files = request.POST, request.FILES
+    except MultiPartParserError as exc:
+        raise IdempotencyBodyMalformed(
+            f"The {content_type} body cannot be parsed ({exc}). Fix the body and retry "
+            f"with the same {HEADER}; it was not used."
+        ) from exc
+    document = {
+        "fields": [
+            [name, values]
+            for name, values in fields.lists()
+            if name not in _NOT_FINGERPRINTED_FIELDS
+        ],
+        "files": [
+            [name, [[f.name, f.content_type, f.size, _file_digest(f)] for f in uploads]]
+            for name, uploads in files.lists()
+        ],
+    }
+    text = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _file_digest(upload: UploadedFile) -> str:
+    digest = hashlib.sha256()
+    for chunk in upload.chunks():  # from the start, in memory or on disk
+        digest.update(chunk)
+    upload.seek(0)  # the view reads it next
     return digest.hexdigest()
 
 
