@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 
+import http_sf
 from django.core.files.uploadedfile import UploadedFile
 from django.http import HttpRequest, HttpResponse
 from django.http.multipartparser import MultiPartParserError
@@ -42,42 +43,72 @@ NEVER_REPLAYED = frozenset(
 )
 
 
-#: Printable ASCII (0x21-0x7E) except ``"`` (0x22) and ``\`` (0x5C).
+#: What a key may hold: printable ASCII (0x21-0x7E) except ``"`` and ``\``.
 _KEY_CHARS = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]*")
+#: What a bare (unquoted) key may hold: also no ``,`` (servers join a repeated
+#: header with one) and no ``;`` (parameters, which only a String or Token carries).
+_BARE_KEY_CHARS = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
+#: Form fields that are not part of the operation: a new page render gives a new
+#: masked CSRF token, and a retry from it must not be refused as another request.
+_NOT_FINGERPRINTED_FIELDS = frozenset({"csrfmiddlewaretoken"})
 
 
 def parse_key(raw: str | None) -> str | None:
     """The key from the header value, or None if absent; raise if malformed.
 
-    Printable ASCII without spaces, quotes or backslashes, within the configured
-    length bounds. A Structured Field string (``"abc"``, as the draft writes it)
-    is accepted too and unquoted. No database is touched before this passes.
+    The value is read as an RFC 8941 Structured Field Item, as the draft defines
+    the header: a String (``"abc"``) or a Token (``abc``) is the key, and its
+    parameters (``"abc";p=1``) are ignored, as RFC 8941 has recipients ignore
+    parameters they do not know (the draft defines none), so they never make a
+    second key of one. A value that is not a String or Token, such as a UUID that
+    starts with a digit, is taken as a bare key, Stripe's format, without ``,``
+    or ``;``. More than one member (``K1, K2``, or the header sent twice, which
+    servers join with a comma) is refused. The key is printable ASCII without
+    spaces, quotes or backslashes, within the configured length bounds. No
+    database is touched before this passes.
     """
     if raw is None:
         return None
-    value = raw
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = value[1:-1]
+    for position, char in enumerate(raw):
+        if not 0x20 <= ord(char) <= 0x7E:
+            raise IdempotencyKeyInvalid(
+                f"{HEADER} has {char!r} at position {position}; use printable ASCII "
+                f"without spaces, quotes or backslashes, e.g. a random UUID."
+            )
+    try:
+        item, _parameters = http_sf.parse(raw.encode("ascii"), tltype="item")
+    except http_sf.StructuredFieldError:
+        item = None
+    if isinstance(item, str | http_sf.Token):  # a String or a Token
+        return _checked(str(item), _KEY_CHARS)
+    value = raw.strip(" ")
+    if "," in value:
+        raise IdempotencyKeyInvalid(
+            f"{HEADER} holds more than one value ({value[:80]!r}): the header was sent "
+            f"twice or the key has a comma. Send the header once, with one key."
+        )
+    return _checked(value, _BARE_KEY_CHARS)
+
+
+def _checked(value: str, allowed: re.Pattern[str]) -> str:
     low, high = conf.IDEMPOTENCY_KEY_MIN_LENGTH, conf.IDEMPOTENCY_KEY_MAX_LENGTH
-    if low <= len(value) <= high and _KEY_CHARS.fullmatch(value):
+    if low <= len(value) <= high and allowed.fullmatch(value):
         return value
     if not low <= len(value) <= high:
         raise IdempotencyKeyInvalid(
             f"{HEADER} is {len(value)} characters long; send {low} to {high} printable "
             f"ASCII characters, e.g. a random UUID."
         )
-    for position, char in enumerate(value):
-        if not 0x21 <= ord(char) <= 0x7E or char in '"\\':
-            raise IdempotencyKeyInvalid(
-                f"{HEADER} has {char!r} at position {position}; use printable ASCII "
-                f"without spaces, quotes or backslashes, e.g. a random UUID."
-            )
-    return value
-
-
-#: Form fields that are not part of the operation: a new page render gives a new
-#: masked CSRF token, and a retry from it must not be refused as another request.
-_NOT_FINGERPRINTED_FIELDS = frozenset({"csrfmiddlewaretoken"})
+    position, char = next((i, c) for i, c in enumerate(value) if not allowed.fullmatch(c))
+    if char == ";":
+        raise IdempotencyKeyInvalid(
+            f"{HEADER} has ';' at position {position}: parameters are only read after a "
+            f'quoted key ("key";name=value); leave ";" out of a bare key.'
+        )
+    raise IdempotencyKeyInvalid(
+        f"{HEADER} has {char!r} at position {position}; use printable ASCII "
+        f"without spaces, quotes or backslashes, e.g. a random UUID."
+    )
 
 
 def _is_json(content_type: str) -> bool:
