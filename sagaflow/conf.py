@@ -51,6 +51,9 @@ class Defaults:
     IDEMPOTENCY_LEASE: float = 60.0
     #: ``Retry-After`` seconds sent with 409 while the same key is in flight.
     IDEMPOTENCY_RETRY_AFTER: int = 1
+    #: ``Retry-After`` seconds sent with 503 when the keys' database cannot be
+    #: reached while a key is claimed (nothing was done; the same key may be retried).
+    IDEMPOTENCY_UNAVAILABLE_RETRY_AFTER: int = 5
     #: Bounds of the published key format (printable ASCII, no spaces).
     IDEMPOTENCY_KEY_MIN_LENGTH: int = 1
     IDEMPOTENCY_KEY_MAX_LENGTH: int = 255

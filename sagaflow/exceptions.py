@@ -108,6 +108,14 @@ class IdempotencyKeyReused(IdempotencyError):
     title = "Idempotency-Key already used for a different request"
 
 
+class IdempotencyStoreUnavailable(IdempotencyError):
+    """The keys' database could not be reached: nothing was done, retry the same key."""
+
+    status_code = 503
+    code = "idempotency-store-unavailable"
+    title = "The Idempotency-Key store is unavailable"
+
+
 # --- transactional outbox -------------------------------------------------------------
 
 

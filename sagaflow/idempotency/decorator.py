@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
-from django.db import connections, transaction
+from django.db import InterfaceError, OperationalError, connections, transaction
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
@@ -31,6 +31,7 @@ from ..exceptions import (
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     IdempotencyResponseNotStored,
+    IdempotencyStoreUnavailable,
 )
 from ..faults import fault_point, register_points
 from . import cache as replay_cache
@@ -51,6 +52,9 @@ logger = logging.getLogger("sagaflow.idempotency")
 
 _UNSAFE_HANDLERS = ("post", "put", "patch", "delete")
 _CLAIM_TRIES = 3
+#: What a database that cannot be reached raises (refused, reset, killed session,
+#: statement or lock timeout): the claim did not happen, and the client may retry.
+_UNREACHABLE = (OperationalError, InterfaceError)
 
 register_points(
     "idempotency.after_claim",  # the claim is written; the view has not run
@@ -120,7 +124,10 @@ def _wrap(view: Callable[..., Any], policy: Policy) -> Callable[..., Any]:
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             request = _find_request(args)
             # The scope function may load the user from the database: in a thread.
-            prepared = await sync_to_async(prepare)(request, policy)
+            try:
+                prepared = await sync_to_async(prepare)(request, policy)
+            except _UNREACHABLE as error:
+                return await sync_to_async(_unavailable)(error, store.alias())
             if prepared is None:
                 return await view(*args, **kwargs)
             if isinstance(prepared, HttpResponseBase):
@@ -133,7 +140,10 @@ def _wrap(view: Callable[..., Any], policy: Policy) -> Callable[..., Any]:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         request = _find_request(args)
-        prepared = prepare(request, policy)
+        try:
+            prepared = prepare(request, policy)  # the scope may read the session's user
+        except _UNREACHABLE as error:
+            return _unavailable(error, store.alias())
         if prepared is None:
             return view(*args, **kwargs)
         if isinstance(prepared, HttpResponseBase):
@@ -218,6 +228,31 @@ def _claim_first(prepared: Prepared, using: str) -> Claimed | Reserved | HttpRes
     return _claim(prepared, using, atomic_mode=False)  # committed at once
 
 
+def _unavailable(error: Exception, using: str) -> HttpResponse:
+    """503 for a database that failed while the key was being claimed.
+
+    Nothing ran and nothing was recorded, so the client should retry with the same
+    key. In atomic mode the view's transaction is lost with its session: the
+    session is closed, so that the transaction ends without another round trip to
+    a database that may still be down (PostgreSQL rolls it back).
+    """
+    logger.warning(
+        "idempotency key store unavailable while claiming a key: answered 503 (%s)",
+        str(error).splitlines()[0] if str(error) else type(error).__name__,
+        extra={"database": using},
+    )
+    if connections[using].in_atomic_block:
+        connections[using].close()
+    retry_after = int(conf.IDEMPOTENCY_UNAVAILABLE_RETRY_AFTER)
+    return problem_response(
+        IdempotencyStoreUnavailable(
+            f"The database that holds idempotency keys ({using!r}) cannot be reached; "
+            f"nothing was done. Retry after {retry_after} s with the same {HEADER}.",
+            retry_after=retry_after,
+        )
+    )
+
+
 def _render(request: Any, response: Any) -> Any:
     """Render a lazy response now, so its body can be stored with the claim.
 
@@ -266,12 +301,15 @@ def _run_sync(
 ) -> Any:
     using = store.alias()
     atomic_mode = connections[using].in_atomic_block
-    if atomic_mode:
-        outcome = _cached(prepared, using)
-        if outcome is None:
-            outcome = _claim(prepared, using, atomic_mode=True)
-    else:
-        outcome = _claim_first(prepared, using)
+    try:
+        if atomic_mode:
+            outcome = _cached(prepared, using)
+            if outcome is None:
+                outcome = _claim(prepared, using, atomic_mode=True)
+        else:
+            outcome = _claim_first(prepared, using)
+    except _UNREACHABLE as error:
+        return _unavailable(error, using)
     if isinstance(outcome, HttpResponseBase):
         return outcome
     prepared.http.idempotency = IdempotencyInfo(  # type: ignore[attr-defined]
@@ -308,7 +346,10 @@ def _run_sync(
 async def _run_async(prepared: Prepared, view: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     # Async views cannot run in a transaction: always claim-first.
     using = store.alias()
-    outcome = await sync_to_async(_claim_first)(prepared, using)
+    try:
+        outcome = await sync_to_async(_claim_first)(prepared, using)
+    except _UNREACHABLE as error:
+        return await sync_to_async(_unavailable)(error, using)
     if isinstance(outcome, HttpResponseBase):
         return outcome
     prepared.http.idempotency = IdempotencyInfo(  # type: ignore[attr-defined]
