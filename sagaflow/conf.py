@@ -61,6 +61,9 @@ class Defaults:
     IDEMPOTENCY_LEASE: float = 60.0
     #: ``Retry-After`` seconds sent with 409 while the same key is in flight.
     IDEMPOTENCY_RETRY_AFTER: int = 1
+    #: ``Retry-After`` seconds sent with 503 when the keys' database cannot be
+    #: reached while a key is claimed (nothing was done; the same key may be retried).
+    IDEMPOTENCY_UNAVAILABLE_RETRY_AFTER: int = 5
     #: Bounds of the published key format (printable ASCII, no spaces).
     IDEMPOTENCY_KEY_MIN_LENGTH: int = 1
     IDEMPOTENCY_KEY_MAX_LENGTH: int = 255
@@ -79,7 +82,7 @@ class Defaults:
         "Link",
     )
     #: A ``CACHES`` alias to keep completed responses in, so that replays skip the
-    #: database (``idempotency_cache.py``); None: every replay reads its row.
+    #: database (``sagaflow.idempotency.cache``); None: every replay reads its row.
     IDEMPOTENCY_REPLAY_CACHE: str | None = None
     #: Seconds a cached response is served: also how long, at most, a replay may
     #: outlive its key's expiry or deletion.

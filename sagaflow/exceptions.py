@@ -87,7 +87,7 @@ class IdempotencyScopeMissing(IdempotencyError):
 class IdempotencyBodyMalformed(IdempotencyError):
     status_code = 400
     code = "request-body-malformed"
-    title = "Request body is not valid JSON"
+    title = "Request body cannot be read"
 
 
 class IdempotencyKeyInFlight(IdempotencyError):
@@ -106,6 +106,14 @@ class IdempotencyKeyReused(IdempotencyError):
     status_code = 422
     code = "idempotency-key-reused"
     title = "Idempotency-Key already used for a different request"
+
+
+class IdempotencyStoreUnavailable(IdempotencyError):
+    """The keys' database could not be reached: nothing was done, retry the same key."""
+
+    status_code = 503
+    code = "idempotency-store-unavailable"
+    title = "The Idempotency-Key store is unavailable"
 
 
 # --- transactional outbox -------------------------------------------------------------

@@ -1,7 +1,7 @@
 """``IdempotencyMiddleware``: the HTTP boundary of sagaflow's idempotency keys.
 
 The policy itself runs in ``@idempotent`` when the view is called (see
-``sagaflow.idempotency`` for why). The middleware:
+``sagaflow.idempotency.policy`` for why). The middleware:
 
 - marks each request as passing through a configured boundary, so a decorated
   view in a project that forgot the middleware fails loudly instead of silently
@@ -22,7 +22,7 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
 from .exceptions import IdempotencyError
-from .idempotency import problem_response
+from .idempotency.http import problem_response
 
 __all__ = ["IdempotencyMiddleware"]
 

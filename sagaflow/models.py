@@ -146,7 +146,7 @@ class IdempotencyKeyState(models.TextChoices):
 class IdempotencyKey(models.Model):
     """One client request key (``Idempotency-Key``) and, once done, its response.
 
-    Written only by ``idempotency_store.py``. A key belongs to a scope (the
+    Written only by ``sagaflow.idempotency.store``. A key belongs to a scope (the
     authenticated principal), a method and a route; the unique constraint over
     the four is what makes the claim atomic. ``lock_token`` fences the holder of
     an in-flight claim: after a takeover, a late holder can no longer record.

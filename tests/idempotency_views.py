@@ -15,9 +15,11 @@ from django.db import transaction
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
 from django.views import View
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
-from rest_framework.authentication import BasicAuthentication
+from rest_framework.authentication import BasicAuthentication, SessionAuthentication
 from rest_framework.decorators import api_view
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -174,6 +176,59 @@ async def async_orders(request):
     return JsonResponse({"call": number, "mode": request.idempotency.mode}, status=201)
 
 
+@idempotent
+def uploads(request):
+    """Reads the form as parsed fields and files, as a multipart view does."""
+    number = recorder.enter("upload")
+    AtomicWrite.objects.create(saga_id=uuid.uuid4(), step="upload")
+    files = {name: [f.size for f in request.FILES.getlist(name)] for name in request.FILES}
+    fields = sorted(k for k in request.POST if k != "csrfmiddlewaretoken")
+    return JsonResponse(
+        {"call": number, "fields": fields, "files": files, "nonce": uuid.uuid4().hex},
+        status=201,
+    )
+
+
+class DrfUploads(APIView):
+    """Session-authenticated: DRF's CSRF check reads ``request.POST`` (the stream) first."""
+
+    authentication_classes = [SessionAuthentication]
+    permission_classes = [IsAuthenticated]
+    parser_classes = [MultiPartParser, JSONParser]
+
+    @idempotent
+    def post(self, request):
+        number = recorder.enter("drf-upload")
+        AtomicWrite.objects.create(saga_id=uuid.uuid4(), step="drf-upload")
+        fields = sorted(k for k in request.data if k != "csrfmiddlewaretoken")
+        return Response({"call": number, "fields": fields}, status=201)
+
+
+@idempotent
+def sized(request):
+    """A response of ``?size=`` bytes with ``?status=``; ``?no_store=1`` forbids caching it."""
+    number = recorder.enter("sized")
+    AtomicWrite.objects.create(saga_id=uuid.uuid4(), step="sized")
+    size = int(request.GET.get("size", "10"))
+    response = HttpResponse(
+        (f"{number}:" + "x" * size)[:size].encode(),
+        status=int(request.GET.get("status", "201")),
+        content_type="text/plain",
+    )
+    if request.GET.get("no_store"):
+        response["Cache-Control"] = "no-store"
+    return response
+
+
+@csrf_exempt
+@idempotent(scope=lambda request: request.headers.get("X-Tenant"))
+def server_orders(request):
+    """For tests over a real server (no session, no CSRF token): writes one row."""
+    number = recorder.enter("server")
+    AtomicWrite.objects.create(saga_id=uuid.uuid4(), step="server")
+    return JsonResponse({"call": number, "key": request.idempotency.key}, status=201)
+
+
 urlpatterns = [
     path("orders/", orders),
     path("orders/required/", required_orders),
@@ -188,4 +243,8 @@ urlpatterns = [
     path("drf/orders/", DrfOrders.as_view()),
     path("drf/function/", drf_function),
     path("async/orders/", async_orders),
+    path("uploads/", uploads),
+    path("drf/uploads/", DrfUploads.as_view()),
+    path("sized/", sized),
+    path("server/orders/", server_orders),
 ]

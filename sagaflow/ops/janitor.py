@@ -7,8 +7,8 @@ only sequences them and reports counts, so adding a kind is one line.
 
 from __future__ import annotations
 
-from .. import idempotency_store
 from ..conf import conf
+from ..idempotency import store as idempotency_store
 from ..outbox import inbox as inbox_store
 from ..outbox import store as outbox_store
 

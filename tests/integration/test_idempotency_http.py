@@ -389,7 +389,7 @@ def test_decorated_view_without_the_middleware_fails_loudly(client_a, settings):
         post(client_a)
 
 
-# --- the optional replay cache (idempotency_cache.py) ------------------------------------
+# --- the optional replay cache (idempotency/cache.py) ------------------------------------
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ ORM implementation is held to the same rules as the one production uses.
 
 import pytest
 
-from sagaflow import idempotency_store
+from sagaflow.idempotency import store as idempotency_store
 from tests.integration.test_idempotency_http import *  # noqa: F403 - rerun every rule
 from tests.integration.test_idempotency_http import _idempotency_urls  # noqa: F401
 

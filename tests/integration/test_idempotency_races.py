@@ -17,8 +17,8 @@ from django.db.models.functions import Now
 from django.test import AsyncClient, Client
 from django.test.utils import CaptureQueriesContext
 
-from sagaflow import idempotency_store as store
 from sagaflow import tasks
+from sagaflow.idempotency import store
 from sagaflow.models import IdempotencyKey, IdempotencyKeyState
 from sagaflow.ops.janitor import clean
 from sagaflow.testing import armed_fault

@@ -24,7 +24,7 @@ from sagaflow.idempotency import (
     problem_response,
     user_scope,
 )
-from sagaflow.idempotency_http import stored_headers
+from sagaflow.idempotency.http import stored_headers
 from sagaflow.middleware import IdempotencyMiddleware
 
 factory = RequestFactory()

@@ -12,14 +12,11 @@ responses are cached; 409 (in flight) and claims always ask the database.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
 
 from django.core.cache import caches
 
-from .conf import conf
-
-if TYPE_CHECKING:
-    from .idempotency_store import Existing, Identity
+from ..conf import conf
+from .outcomes import COMPLETED, Existing, Identity
 
 
 def _key(identity: Identity, using: str) -> str | None:
@@ -37,8 +34,6 @@ def get(identity: Identity, using: str) -> Existing | None:
     found = caches[conf.IDEMPOTENCY_REPLAY_CACHE].get(key)
     if found is None:
         return None
-    from .idempotency_store import COMPLETED, Existing
-
     fingerprint, status, headers, body = found
     return Existing(COMPLETED, fingerprint, status, headers, body)
 

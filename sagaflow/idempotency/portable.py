@@ -1,7 +1,7 @@
 """The idempotency-key queries for databases other than PostgreSQL (SQLite, for
 ``make demo`` and local development).
 
-Same rules as ``idempotency_store``'s PostgreSQL statements, written with the ORM:
+Same rules as the PostgreSQL statements of ``postgresql``, written with the ORM:
 the unique (scope, method, route, key) constraint still decides who wins a claim
 (create, and on IntegrityError read the winner), and every takeover is a
 compare-and-set ``UPDATE``. What PostgreSQL adds is not reproduced: a loser does
@@ -19,12 +19,14 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from .models import IdempotencyKey, IdempotencyKeyState
+from ..models import IdempotencyKey, IdempotencyKeyState
+from .outcomes import Claimed, ClaimOutcome, Existing, Identity, Vanished
 
 
-def claim(identity, fingerprint: str, *, lease: float, ttl: float, using: str):
-    from .idempotency_store import Claimed, Existing, Vanished
-
+def claim(
+    identity: Identity, fingerprint: str, *, lease: float, ttl: float, using: str
+) -> ClaimOutcome:
+    """Take the key through the unique constraint; a takeover is a compare-and-set."""
     now = timezone.now()
     token = uuid.uuid4()
     keys = IdempotencyKey.objects.using(using)
@@ -81,7 +83,9 @@ def claim(identity, fingerprint: str, *, lease: float, ttl: float, using: str):
     )
 
 
-def complete(claimed, *, status: int, headers: list[list[str]], body: bytes | None) -> bool:
+def complete(
+    claimed: Claimed, *, status: int, headers: list[list[str]], body: bytes | None
+) -> bool:
     return bool(
         IdempotencyKey.objects.using(claimed.alias)
         .filter(pk=claimed.id, lock_token=claimed.token, state=IdempotencyKeyState.IN_FLIGHT)
@@ -97,7 +101,7 @@ def complete(claimed, *, status: int, headers: list[list[str]], body: bytes | No
     )
 
 
-def release(claimed) -> bool:
+def release(claimed: Claimed) -> bool:
     deleted, _ = (
         IdempotencyKey.objects.using(claimed.alias)
         .filter(pk=claimed.id, lock_token=claimed.token)

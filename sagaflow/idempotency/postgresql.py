@@ -1,17 +1,14 @@
-"""Every query on ``IdempotencyKey``.
+"""The key store's PostgreSQL statements: every query on ``IdempotencyKey`` there.
 
-The policy (``idempotency.py``) decides; this module reads and writes. On
-PostgreSQL a key is never taken by check-then-insert: the unique (scope, method,
-route, key) constraint decides, through ``INSERT … ON CONFLICT … DO UPDATE …
-WHERE``, so two requests with the same key cannot both win (PITFALLS P6).
+A key is never taken by check-then-insert: the unique (scope, method, route, key)
+constraint decides, through ``INSERT … ON CONFLICT … DO UPDATE … WHERE``, so two
+requests with the same key cannot both win (PITFALLS P6).
 
 A transaction-scoped advisory lock on the key keeps a loser from *waiting*:
 without it, a second request would block on the first one's uncommitted row
 until that whole view finished (atomic mode). With it, the loser learns at once
 that the key is busy and answers 409. Being transaction scoped, it is safe
 behind PgBouncer transaction pooling (P7).
-
-Two ways to take a key, one per mode of the policy:
 
 - ``reserve`` (atomic mode: the view runs in a transaction). One ``SELECT`` reads
   the key's row and takes the advisory lock; a live row (replay, 422 or 409)
@@ -23,15 +20,11 @@ Two ways to take a key, one per mode of the policy:
 - ``claim`` (claim-first mode): one statement writes an in-flight row with a
   lease and a fencing token, committed before the view runs; ``complete`` is an
   ``UPDATE`` of that row, fenced by the token.
-
-``lookup`` reads a key without locking or writing (no transaction needed): a
-replay is one indexed ``SELECT``.
+- ``lookup`` reads a key without locking or writing (no transaction needed): a
+  replay is one indexed ``SELECT``.
 
 Times are the database clock (``statement_timestamp()``), so web servers with
 drifting clocks agree on when a lease or a key has expired (C11).
-
-Other databases (SQLite, for the demo) are served by ``idempotency_portable``:
-the same rules through the ORM, without the no-wait lock.
 """
 
 from __future__ import annotations
@@ -39,88 +32,21 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
 
-from django.db import connections, router, transaction
+from django.db import connections
 
-from . import idempotency_portable as portable
-from .exceptions import ConfigurationError
-from .models import IdempotencyKey
-
-IN_FLIGHT = "in_flight"
-COMPLETED = "completed"
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What makes two keys the same key."""
-
-    scope: str
-    method: str
-    route: str
-    key: str
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """We hold the key: run the view, then ``complete`` or ``release``."""
-
-    id: int
-    token: uuid.UUID
-    attempt: int
-    alias: str
-
-
-@dataclass(frozen=True)
-class Reserved:
-    """Atomic mode: the key is ours until the transaction ends; nothing written yet.
-
-    ``complete`` writes the completed row in the same transaction; there is
-    nothing to ``release`` (a rollback leaves no trace).
-    """
-
-    identity: Identity
-    fingerprint: str
-    attempt: int
-    ttl: float
-    alias: str
-    claimed_at: datetime
-    #: No row existed: ``complete`` inserts without the takeover clause.
-    fresh: bool
-
-
-@dataclass(frozen=True)
-class Busy:
-    """Another transaction is claiming or (atomic mode) running this key now."""
-
-
-@dataclass(frozen=True)
-class Existing:
-    """The key is taken: in flight with a live lease, or completed."""
-
-    state: str
-    fingerprint: str
-    status: int | None
-    headers: list[list[str]]
-    body: bytes | None
-
-
-@dataclass(frozen=True)
-class Vanished:
-    """The row was deleted between the claim attempt and the read; try again."""
-
-
-ClaimOutcome = Claimed | Reserved | Busy | Existing | Vanished
-
-
-def alias() -> str:
-    return router.db_for_write(IdempotencyKey)
-
-
-def _is_postgresql(using: str) -> bool:
-    """Other databases (SQLite for the demo) take ``idempotency_portable``'s path."""
-    return connections[using].vendor == "postgresql"
+from ..models import IdempotencyKey
+from .outcomes import (
+    COMPLETED,
+    IN_FLIGHT,
+    Busy,
+    Claimed,
+    ClaimOutcome,
+    Existing,
+    Identity,
+    Reserved,
+    Vanished,
+)
 
 
 def _cursor(using: str):
@@ -301,12 +227,7 @@ def _existing(state, fingerprint, status, headers, body) -> Existing:
 def lookup(identity: Identity, *, using: str) -> Existing | None:
     """The key's row if it answers by itself (completed, or in flight under a live
     lease), else None. One indexed read, no lock, no write: no transaction needed.
-
-    Only a shortcut: on databases other than PostgreSQL it answers None and the
-    claim decides.
     """
-    if not _is_postgresql(using):
-        return None
     with _cursor(using) as cursor:
         cursor.execute(_sql(_LOOKUP, _table(using)), _where(identity))
         row = cursor.fetchone()
@@ -315,20 +236,11 @@ def lookup(identity: Identity, *, using: str) -> Existing | None:
     return _existing(*row[:5])
 
 
-def reserve(
-    identity: Identity, fingerprint: str, *, lease: float, ttl: float, using: str
-) -> ClaimOutcome:
+def reserve(identity: Identity, fingerprint: str, *, ttl: float, using: str) -> ClaimOutcome:
     """Atomic mode: take ``identity`` until the caller's transaction ends.
 
-    One ``SELECT``; nothing is written until ``complete``. On databases other
-    than PostgreSQL this is ``claim``.
+    One ``SELECT``; nothing is written until ``complete``.
     """
-    if not connections[using].in_atomic_block:
-        raise ConfigurationError(
-            "idempotency_store.reserve() must run inside transaction.atomic()."
-        )
-    if not _is_postgresql(using):
-        return portable.claim(identity, fingerprint, lease=lease, ttl=ttl, using=using)
     params = _where(identity)
     params["lock"] = _lock_key(identity)
     with _cursor(using) as cursor:
@@ -382,9 +294,6 @@ def claim(
     A new key, the common case, is one short ``INSERT … ON CONFLICT DO NOTHING``;
     when the key has a row (or is busy) the full statement decides.
     """
-    if not _is_postgresql(using):
-        with transaction.atomic(using=using):
-            return portable.claim(identity, fingerprint, lease=lease, ttl=ttl, using=using)
     token = uuid.uuid4()
     params = {
         **_where(identity),
@@ -432,8 +341,6 @@ def complete(
                 },
             )
             return cursor.rowcount == 1
-    if not _is_postgresql(claimed.alias):
-        return portable.complete(claimed, status=status, headers=headers, body=body)
     with _cursor(claimed.alias) as cursor:
         cursor.execute(
             f"""UPDATE {_table(claimed.alias)} SET
@@ -446,12 +353,8 @@ def complete(
         return cursor.rowcount == 1
 
 
-def release(claimed: Claimed | Reserved) -> bool:
-    """Forget the claim so the client may retry the key; False if no longer ours."""
-    if isinstance(claimed, Reserved):
-        return True  # nothing was written; the lock goes with the transaction
-    if not _is_postgresql(claimed.alias):
-        return portable.release(claimed)
+def release(claimed: Claimed) -> bool:
+    """Delete our in-flight claim (fenced by its token); False if no longer ours."""
     with _cursor(claimed.alias) as cursor:
         cursor.execute(
             f'DELETE FROM {_table(claimed.alias)} WHERE "id" = %s AND "lock_token" = %s',
@@ -460,22 +363,9 @@ def release(claimed: Claimed | Reserved) -> bool:
         return cursor.rowcount == 1
 
 
-def delete_expired(batch_size: int, using: str | None = None) -> int:
-    """Delete expired keys in batches of ``batch_size``; returns how many.
-
-    A key still held under a live lease is never deleted, even past its expiry.
-    An in-flight key whose lease lapsed *and* which expired is deleted: its
-    holder is gone and the claim would hand the row to any new request anyway.
-    Each batch is its own short statement (autocommit) with SKIP LOCKED, so two
-    janitors (two beats) never wait on each other and no delete holds locks long.
-    """
-    if batch_size < 1:
-        raise ConfigurationError(
-            f"SAGAFLOW['JANITOR_BATCH_SIZE'] is {batch_size!r}; it must be a positive int."
-        )
-    using = using or alias()
-    if not _is_postgresql(using):
-        return portable.delete_expired(batch_size, using)
+def delete_expired(batch_size: int, using: str) -> int:
+    """Each batch is its own short statement (autocommit) with SKIP LOCKED, so two
+    janitors (two beats) never wait on each other and no delete holds locks long."""
     table = _table(using)
     total = 0
     while True:

@@ -1,16 +1,7 @@
-"""Idempotency keys for API views: the ``@idempotent`` decorator and its policy.
+"""``@idempotent``: the decorator, and the claim, run and store flow around a view.
 
-The policy follows the IETF ``Idempotency-Key`` draft (see docs/idempotency.md).
-It runs when the *view* is called, not in the middleware, for two reasons:
-
-- only there is the view's transaction open (``ATOMIC_REQUESTS`` or an outer
-  ``@transaction.atomic``), so the key's record can commit together with the
-  view's writes, and
-- only there has Django REST framework authenticated the caller, so the key is
-  scoped to the right principal.
-
-It follows that a request refused before the view ran (CSRF, authentication,
-permissions, throttling, a body too large) never touches the key.
+``policy`` decides what a request asks without the database; this module takes
+the key (``store``), runs the view, and records or releases the key.
 
 Mode, chosen per call: when a transaction is open on the keys' database the key
 is reserved inside it and written with the response when the view returns, in
@@ -25,58 +16,45 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
-from django.db import connections, transaction
+from django.db import InterfaceError, OperationalError, connections, transaction
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
-from . import idempotency_cache as replay_cache
-from .conf import conf
-from .exceptions import (
+from ..conf import conf
+from ..exceptions import (
     ConfigurationError,
     IdempotencyError,
     IdempotencyKeyInFlight,
-    IdempotencyKeyMissing,
     IdempotencyKeyReused,
     IdempotencyResponseNotStored,
-    IdempotencyScopeMissing,
+    IdempotencyStoreUnavailable,
 )
-from .faults import fault_point, register_points
-from .idempotency_http import (
-    HEADER,
-    REPLAYED_HEADER,
+from ..faults import fault_point, register_points
+from . import cache as replay_cache
+from . import store
+from .http import HEADER, problem_response, replay, stored_headers
+from .outcomes import COMPLETED, Claimed, ClaimOutcome, Existing, Reserved, Vanished
+from .policy import (
+    ATOMIC,
+    CLAIM_FIRST,
+    IdempotencyInfo,
+    Policy,
+    Prepared,
     ScopeFunction,
-    fingerprint,
-    import_scope,
-    parse_key,
-    problem_response,
-    replay,
-    stored_headers,
-    user_scope,
+    prepare,
 )
-
-__all__ = [
-    "HEADER",
-    "REPLAYED_HEADER",
-    "IdempotencyInfo",
-    "fingerprint",
-    "idempotent",
-    "parse_key",
-    "problem_response",
-    "user_scope",
-]
 
 logger = logging.getLogger("sagaflow.idempotency")
 
-ATOMIC = "atomic"
-CLAIM_FIRST = "claim-first"
 _UNSAFE_HANDLERS = ("post", "put", "patch", "delete")
 _CLAIM_TRIES = 3
-_META_HEADER = "HTTP_" + HEADER.upper().replace("-", "_")
+#: What a database that cannot be reached raises (refused, reset, killed session,
+#: statement or lock timeout): the claim did not happen, and the client may retry.
+_UNREACHABLE = (OperationalError, InterfaceError)
 
 register_points(
     "idempotency.after_claim",  # the claim is written; the view has not run
@@ -84,53 +62,6 @@ register_points(
 )
 
 V = TypeVar("V")
-
-
-@dataclass(frozen=True)
-class IdempotencyInfo:
-    """Set as ``request.idempotency`` while an ``@idempotent`` view runs with a key.
-
-    ``attempt`` is 2 or more when the view runs again after the process that
-    first claimed the key died: a view with external side effects should pass
-    ``key`` on (e.g. as the payment provider's idempotency key) or check them.
-    """
-
-    key: str
-    scope: str
-    attempt: int
-    mode: str
-
-
-@dataclass(frozen=True)
-class _Policy:
-    required: bool
-    ttl: float | None
-    scope: ScopeFunction | None
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    http: HttpRequest
-    scope: str
-    method: str
-    route: str
-    key: str
-    fingerprint: str
-    ttl: float
-
-
-# --- the decorator ------------------------------------------------------------------
-
-
-def _seconds(ttl: timedelta | float | None) -> float | None:
-    if ttl is None:
-        return None
-    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
-        raise ConfigurationError(
-            f"@idempotent(ttl={ttl!r}): give a positive number of seconds or a timedelta."
-        )
-    return float(seconds)
 
 
 def idempotent(
@@ -150,9 +81,7 @@ def idempotent(
     overrides ``SAGAFLOW['IDEMPOTENCY_TTL']``; ``scope(request) -> str | None``
     overrides ``SAGAFLOW['IDEMPOTENCY_SCOPE']``.
     """
-    if scope is not None and not callable(scope):
-        raise ConfigurationError(f"@idempotent(scope={scope!r}): give a function(request).")
-    policy = _Policy(required=bool(required), ttl=_seconds(ttl), scope=scope)
+    policy = Policy.of(required=required, ttl=ttl, scope=scope)
 
     def decorate(target: V) -> V:
         if isinstance(target, type):
@@ -164,7 +93,7 @@ def idempotent(
     return decorate(view) if view is not None else decorate
 
 
-def _decorate_class(cls: V, policy: _Policy) -> V:
+def _decorate_class(cls: V, policy: Policy) -> V:
     found = [name for name in _UNSAFE_HANDLERS if callable(getattr(cls, name, None))]
     if not found:
         raise ConfigurationError(
@@ -188,14 +117,17 @@ def _find_request(args: tuple[Any, ...]) -> Any:
     )
 
 
-def _wrap(view: Callable[..., Any], policy: _Policy) -> Callable[..., Any]:
+def _wrap(view: Callable[..., Any], policy: Policy) -> Callable[..., Any]:
     if iscoroutinefunction(view):
 
         @functools.wraps(view)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             request = _find_request(args)
             # The scope function may load the user from the database: in a thread.
-            prepared = await sync_to_async(_prepare)(request, policy)
+            try:
+                prepared = await sync_to_async(prepare)(request, policy)
+            except _UNREACHABLE as error:
+                return await sync_to_async(_unavailable)(error, store.alias())
             if prepared is None:
                 return await view(*args, **kwargs)
             if isinstance(prepared, HttpResponseBase):
@@ -208,7 +140,10 @@ def _wrap(view: Callable[..., Any], policy: _Policy) -> Callable[..., Any]:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         request = _find_request(args)
-        prepared = _prepare(request, policy)
+        try:
+            prepared = prepare(request, policy)  # the scope may read the session's user
+        except _UNREACHABLE as error:
+            return _unavailable(error, store.alias())
         if prepared is None:
             return view(*args, **kwargs)
         if isinstance(prepared, HttpResponseBase):
@@ -219,111 +154,58 @@ def _wrap(view: Callable[..., Any], policy: _Policy) -> Callable[..., Any]:
     return wrapper
 
 
-def _prepare(request: Any, policy: _Policy) -> _Prepared | HttpResponse | None:
-    """Validate without touching the database: None means "not ours, just run"."""
-    http: HttpRequest = getattr(request, "_request", request)
-    if not getattr(http, "_sagaflow_idempotency", False):
-        raise ConfigurationError(
-            "@idempotent view called without sagaflow's middleware: add "
-            "'sagaflow.middleware.IdempotencyMiddleware' to settings.MIDDLEWARE."
-        )
-    method = (http.method or "").upper()
-    if method not in conf.IDEMPOTENCY_METHODS:
-        return None
-    try:
-        key = parse_key(http.META.get(_META_HEADER))
-        if key is None:
-            if policy.required:
-                raise IdempotencyKeyMissing(
-                    f"{method} {http.path} requires an {HEADER} header: send a new random "
-                    f"value (e.g. a UUID) per operation and the same one when retrying it."
-                )
-            return None
-        scope_function = policy.scope or import_scope(conf.IDEMPOTENCY_SCOPE)
-        scope = scope_function(request)
-        if scope is None:
-            raise IdempotencyScopeMissing(
-                f"{HEADER} is only honoured for identified clients and this request is "
-                f"anonymous: authenticate, or send no {HEADER}."
-            )
-        if not isinstance(scope, str) or not 0 < len(scope) <= 255:
-            raise ConfigurationError(
-                f"The idempotency scope function returned {scope!r}; it must return a str "
-                f"of 1 to 255 characters or None."
-            )
-        match = http.resolver_match
-        route = match.route if match is not None and match.route else http.path
-        return _Prepared(
-            http=http,
-            scope=scope,
-            method=method,
-            route=route,
-            key=key,
-            fingerprint=fingerprint(http, method, route),
-            ttl=policy.ttl if policy.ttl is not None else float(conf.IDEMPOTENCY_TTL),
-        )
-    except IdempotencyError as error:
-        return problem_response(error)
-
-
-def _identity(prepared: _Prepared) -> Any:
-    from . import idempotency_store as store
-
-    return store.Identity(prepared.scope, prepared.method, prepared.route, prepared.key)
-
-
-def _claim(prepared: _Prepared, using: str, *, atomic_mode: bool) -> Any:
+def _claim(
+    prepared: Prepared, using: str, *, atomic_mode: bool
+) -> Claimed | Reserved | HttpResponse:
     """Take the key; returns the outcome, or the response to send instead.
 
     Atomic mode reserves it in the view's transaction (nothing is written until
     the response is); claim-first mode writes the in-flight claim, committed at
     once when no transaction is open.
     """
-    from . import idempotency_store as store
-
     take = store.reserve if atomic_mode else store.claim
-    identity = _identity(prepared)
+    identity = prepared.identity
     lease = float(conf.IDEMPOTENCY_LEASE)
     for _ in range(_CLAIM_TRIES):
         outcome = take(identity, prepared.fingerprint, lease=lease, ttl=prepared.ttl, using=using)
-        if not isinstance(outcome, store.Vanished):
+        if not isinstance(outcome, Vanished):
             break
-    if isinstance(outcome, store.Claimed | store.Reserved):
+    if isinstance(outcome, Claimed | Reserved):
         return outcome
     return _answer(prepared, outcome, using=using)
 
 
-def _cached(prepared: _Prepared, using: str) -> HttpResponse | None:
+def _cached(prepared: Prepared, using: str) -> HttpResponse | None:
     """A replay, or a 422, answered from the replay cache (if one is configured)."""
-    existing = replay_cache.get(_identity(prepared), using)
+    existing = replay_cache.get(prepared.identity, using)
     if existing is None:
         return None
     return _answer(prepared, existing, using=None)
 
 
-def _answer(prepared: _Prepared, outcome: Any, *, using: str | None = None) -> HttpResponse:
+def _answer(
+    prepared: Prepared, outcome: ClaimOutcome | None, *, using: str | None = None
+) -> HttpResponse:
     """The response for a key that is not ours: replay, 422 or 409.
 
     With ``using``, ``outcome`` was just read from that database: a completed one
     goes to the replay cache.
     """
-    from . import idempotency_store as store
-
     try:
-        if isinstance(outcome, store.Existing) and outcome.fingerprint != prepared.fingerprint:
+        if isinstance(outcome, Existing) and outcome.fingerprint != prepared.fingerprint:
             raise IdempotencyKeyReused(
                 f"{HEADER} {prepared.key!r} was already used for a different "
                 f"{prepared.method} request to {prepared.http.path} (body, path, query or "
                 f"content type differ). Use a new key for a new operation."
             )
-        if isinstance(outcome, store.Existing) and outcome.state == store.COMPLETED:
+        if isinstance(outcome, Existing) and outcome.state == COMPLETED:
             if outcome.body is None or outcome.status is None:
                 raise IdempotencyResponseNotStored(
                     f"The request with {HEADER} {prepared.key!r} completed with a streaming "
                     f"response, which is not stored; it will not run again."
                 )
             if using is not None:
-                replay_cache.put(_identity(prepared), using, outcome)
+                replay_cache.put(prepared.identity, using, outcome)
             return replay(outcome.status, outcome.headers, outcome.body)
         retry_after = int(conf.IDEMPOTENCY_RETRY_AFTER)
         raise IdempotencyKeyInFlight(
@@ -335,17 +217,40 @@ def _answer(prepared: _Prepared, outcome: Any, *, using: str | None = None) -> H
         return problem_response(error)
 
 
-def _claim_first(prepared: _Prepared, using: str) -> Any:
-    from . import idempotency_store as store
-
+def _claim_first(prepared: Prepared, using: str) -> Claimed | Reserved | HttpResponse:
     # A replay, or a key in flight elsewhere, answers from one read: no transaction.
     cached = _cached(prepared, using)
     if cached is not None:
         return cached
-    existing = store.lookup(_identity(prepared), using=using)
+    existing = store.lookup(prepared.identity, using=using)
     if existing is not None:
         return _answer(prepared, existing, using=using)
     return _claim(prepared, using, atomic_mode=False)  # committed at once
+
+
+def _unavailable(error: Exception, using: str) -> HttpResponse:
+    """503 for a database that failed while the key was being claimed.
+
+    Nothing ran and nothing was recorded, so the client should retry with the same
+    key. In atomic mode the view's transaction is lost with its session: the
+    session is closed, so that the transaction ends without another round trip to
+    a database that may still be down (PostgreSQL rolls it back).
+    """
+    logger.warning(
+        "idempotency key store unavailable while claiming a key: answered 503 (%s)",
+        str(error).splitlines()[0] if str(error) else type(error).__name__,
+        extra={"database": using},
+    )
+    if connections[using].in_atomic_block:
+        connections[using].close()
+    retry_after = int(conf.IDEMPOTENCY_UNAVAILABLE_RETRY_AFTER)
+    return problem_response(
+        IdempotencyStoreUnavailable(
+            f"The database that holds idempotency keys ({using!r}) cannot be reached; "
+            f"nothing was done. Retry after {retry_after} s with the same {HEADER}.",
+            retry_after=retry_after,
+        )
+    )
 
 
 def _render(request: Any, response: Any) -> Any:
@@ -366,10 +271,8 @@ def _render(request: Any, response: Any) -> Any:
     return response
 
 
-def _record(claimed: Any, response: HttpResponseBase) -> bool:
+def _record(claimed: Claimed | Reserved, response: HttpResponseBase) -> bool:
     """Store the response; False if the key is no longer ours (nothing stored)."""
-    from . import idempotency_store as store
-
     body = None if response.streaming else bytes(response.content)  # type: ignore[attr-defined]
     if body is None:
         logger.warning(
@@ -380,7 +283,7 @@ def _record(claimed: Any, response: HttpResponseBase) -> bool:
         claimed, status=response.status_code, headers=stored_headers(response), body=body
     ):
         return True
-    if isinstance(claimed, store.Reserved):
+    if isinstance(claimed, Reserved):
         logger.warning(
             "idempotency key was recorded by an earlier request while this view ran; "
             "this view's writes are rolled back and the stored response is returned"
@@ -394,18 +297,19 @@ def _record(claimed: Any, response: HttpResponseBase) -> bool:
 
 
 def _run_sync(
-    prepared: _Prepared, request: Any, view: Callable[..., Any], args: Any, kwargs: Any
+    prepared: Prepared, request: Any, view: Callable[..., Any], args: Any, kwargs: Any
 ) -> Any:
-    from . import idempotency_store as store
-
     using = store.alias()
     atomic_mode = connections[using].in_atomic_block
-    if atomic_mode:
-        outcome = _cached(prepared, using)
-        if outcome is None:
-            outcome = _claim(prepared, using, atomic_mode=True)
-    else:
-        outcome = _claim_first(prepared, using)
+    try:
+        if atomic_mode:
+            outcome = _cached(prepared, using)
+            if outcome is None:
+                outcome = _claim(prepared, using, atomic_mode=True)
+        else:
+            outcome = _claim_first(prepared, using)
+    except _UNREACHABLE as error:
+        return _unavailable(error, using)
     if isinstance(outcome, HttpResponseBase):
         return outcome
     prepared.http.idempotency = IdempotencyInfo(  # type: ignore[attr-defined]
@@ -430,21 +334,22 @@ def _run_sync(
         else:
             store.release(outcome)
         return response
-    if not _record(outcome, response) and isinstance(outcome, store.Reserved):
+    if not _record(outcome, response) and isinstance(outcome, Reserved):
         # A claim-first holder of this key recorded its response while this view
         # ran: that one stands. Roll this view's writes back and answer as a retry.
-        answer = _answer(prepared, store.lookup(_identity(prepared), using=using), using=using)
+        answer = _answer(prepared, store.lookup(prepared.identity, using=using), using=using)
         transaction.set_rollback(True, using=using)
         return answer
     return response
 
 
-async def _run_async(prepared: _Prepared, view: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+async def _run_async(prepared: Prepared, view: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     # Async views cannot run in a transaction: always claim-first.
-    from . import idempotency_store as store
-
     using = store.alias()
-    outcome = await sync_to_async(_claim_first)(prepared, using)
+    try:
+        outcome = await sync_to_async(_claim_first)(prepared, using)
+    except _UNREACHABLE as error:
+        return await sync_to_async(_unavailable)(error, using)
     if isinstance(outcome, HttpResponseBase):
         return outcome
     prepared.http.idempotency = IdempotencyInfo(  # type: ignore[attr-defined]
