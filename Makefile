@@ -20,6 +20,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check sagaflow tests bench demo_shop
+	$(BIN)/lint-imports
 	DATABASE_URL= CELERY_BROKER_URL=memory:// $(BIN)/python manage.py makemigrations --check --dry-run
 
 # The admin browser test drives Debian's Chromium; install it when we can (root, as in CI).

@@ -17,15 +17,17 @@ from ..conf import conf
 from ..exceptions import ActionRefused, DefinitionMismatchError, UnknownSagaError
 from ..models import Saga, SagaState, SagaStep, StepState
 from ..saga import store
-from ..saga.registry import get_definition
-from ..saga.transitions import (
+from ..saga.attempts import (
     COMPENSATE,
     FORWARD,
     Outcome,
+    resolve,
+)
+from ..saga.registry import get_definition
+from ..saga.transitions import (
     abandon,
     compensation_failed,
     forward_failed,
-    resolve,
     schedule_attempt,
 )
 

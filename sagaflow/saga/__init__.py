@@ -8,6 +8,7 @@ Who owns what, from the user's API down to the SQL:
   Django's ORM nor Celery.
 - ``engine``: starts runs and executes one step (claim, run, record);
   ``transitions``: the record of an outcome and the moves it decides;
+  ``attempts``: an attempt's outcome, its history line, its timeout and retries;
   ``continuation``: local steps (the next step run in the same task);
   ``dispatch``: step messages sent after commit, by task name.
 - ``recovery`` and ``sweeper``: expired leases, deadlines and lost messages.

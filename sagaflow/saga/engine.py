@@ -45,18 +45,20 @@ from ..faults import fault_point
 from ..jsonvalue import ensure_json
 from ..models import Saga, SagaState, SagaStep
 from . import continuation, creation, dispatch, rows, store
-from .definition import Context, SagaDefinition, StepDefinition, StepFunction
-from .transitions import (
+from .attempts import (
     COMPENSATE,
     FORWARD,
     Outcome,
-    fail_saga,
     log_extra,
-    record,
     resolve,
     signal_on_commit,
     task_time_limit,
     timeout_of,
+)
+from .definition import Context, SagaDefinition, StepDefinition, StepFunction
+from .transitions import (
+    fail_saga,
+    record,
 )
 
 logger = logging.getLogger("sagaflow.engine")

@@ -15,20 +15,22 @@ from ..conf import conf
 from ..exceptions import DefinitionMismatchError, UnknownSagaError
 from ..models import SagaState, StepState
 from . import dispatch, scans, store
-from .registry import get_definition
-from .transitions import (
+from .attempts import (
     COMPENSATE,
     FORWARD,
     Outcome,
+    log_extra,
+    resolve,
+    task_time_limit,
+    timeout_of,
+)
+from .registry import get_definition
+from .transitions import (
     abandon,
     compensation_failed,
     fail_saga,
     forward_failed,
-    log_extra,
-    resolve,
     settle_abandoned,
-    task_time_limit,
-    timeout_of,
 )
 
 logger = logging.getLogger("sagaflow.engine")
