@@ -8,19 +8,19 @@ and starts its checkout in one transaction: the saga run (orchestrated) or the
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
-from django.utils import timezone
 
-from sagaflow.models import Saga, SagaState, SagaStep
+from sagaflow.models import Saga, SagaStep
 
 from .events import emit
 from .models import Order, OrderLine, OrderStatus, Product, Style
+from .sagas import checkout
+from .settlement import settle_from_saga
 
 MAX_QUANTITY = 100
 MAX_LINES = 20
@@ -132,8 +132,6 @@ def place_order(request: CheckoutRequest) -> Order:
             for p, q in request.items
         )
         if request.style == Style.ORCHESTRATED:
-            from .sagas import checkout
-
             saga = checkout.start({"order_id": order.pk}, key=f"order-{order.pk}")
             order.saga_id = saga.id
             order.save(update_fields=["saga_id"])
@@ -142,37 +140,7 @@ def place_order(request: CheckoutRequest) -> Order:
     return order
 
 
-# --- settling and reading -----------------------------------------------------------------
-
-
-def reason_from_saga(saga: Saga) -> str:
-    """``out_of_stock`` from "step 'reserve_stock' failed: Abort: out_of_stock: ..."."""
-    failed = saga.steps.filter(error__gt="").exclude(state="compensated").order_by("index").last()
-    text = (saga.error or "").strip()
-    if "Abort: " in text:
-        return text.split("Abort: ", 1)[1].split(":", 1)[0].strip()[:100]
-    if saga.state == SagaState.FAILED:
-        return "compensation_failed"
-    # "step 'schedule_shipping' failed: ..." (the step may itself be compensated
-    # since it is declared compensate_on_failure, so its row no longer says so).
-    named = re.match(r"step '([\w.:-]+)' failed", text)
-    if named:
-        return f"{named.group(1)}_failed"
-    if failed is not None:
-        return f"{failed.name}_failed"
-    return (text.split(":", 1)[0] or "cancelled")[:100]
-
-
-def settle_from_saga(saga: Saga) -> bool:
-    """Mark the order of a compensated/failed checkout saga; True if it changed."""
-    if saga.state not in (SagaState.COMPENSATED, SagaState.FAILED):
-        return False
-    status = OrderStatus.FAILED if saga.state == SagaState.FAILED else OrderStatus.CANCELLED
-    return bool(
-        Order.objects.filter(saga_id=saga.id, status=OrderStatus.PENDING).update(
-            status=status, reason=reason_from_saga(saga), settled_at=timezone.now()
-        )
-    )
+# --- reading -----------------------------------------------------------------------------
 
 
 def describe(order: Order) -> dict[str, Any]:
