@@ -1,40 +1,24 @@
 """Placing orders and reading them back: what the API, the pages and the demo call.
 
-``validate`` turns a request body into a ``CheckoutRequest`` or raises ``Invalid``
-with field errors, before anything is written. ``place_order`` creates the order
+``validation.validate`` turns a request body into a ``CheckoutRequest`` (or field
+errors) before anything is written. ``place_order`` creates the order
 and starts its checkout in one transaction: the saga run (orchestrated) or the
 ``order.placed`` event (choreographed) commits with the order or not at all.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from django.core.exceptions import ValidationError
-from django.core.validators import validate_email
 from django.db import transaction
 
 from sagaflow.models import Saga, SagaStep
 
 from .events import emit
-from .models import Order, OrderLine, OrderStatus, Product, Style
+from .models import Order, OrderLine, OrderStatus, Style
 from .sagas import checkout
 from .settlement import settle_from_saga
-
-MAX_QUANTITY = 100
-MAX_LINES = 20
-FIELDS = {"items", "customer", "style"}
-ITEM_FIELDS = {"sku", "quantity"}
-
-
-class Invalid(Exception):
-    """The request cannot be processed; ``status`` 400 (shape) or 422 (values)."""
-
-    def __init__(self, status: int, errors: dict[str, list[str]]) -> None:
-        super().__init__(errors)
-        self.status = status
-        self.errors = errors
+from .validation import CheckoutRequest
 
 
 class OutOfStock(Exception):
@@ -42,73 +26,6 @@ class OutOfStock(Exception):
         super().__init__(f"only {available} of {sku} left")
         self.sku = sku
         self.available = available
-
-
-@dataclass(frozen=True)
-class CheckoutRequest:
-    customer: str
-    style: str
-    items: tuple[tuple[Product, int], ...]
-
-
-def validate(body: Any) -> CheckoutRequest:
-    """Check the shape first (400), then the values (422)."""
-    shape: dict[str, list[str]] = {}
-    if not isinstance(body, dict):
-        raise Invalid(400, {"non_field_errors": ["the body must be a JSON object"]})
-    for name in sorted(set(body) - FIELDS):
-        shape.setdefault(name, []).append("unknown field")
-    customer, items = body.get("customer"), body.get("items")
-    style = body.get("style", Style.ORCHESTRATED)
-    if not isinstance(customer, str):
-        shape["customer"] = ["required, a string (an e-mail address)"]
-    if not isinstance(style, str):
-        shape["style"] = ["must be a string"]
-    if not isinstance(items, list):
-        shape["items"] = ["required, a list of {sku, quantity}"]
-    else:
-        for i, item in enumerate(items):
-            where = f"items[{i}]"
-            if not isinstance(item, dict):
-                shape[where] = ["must be an object {sku, quantity}"]
-                continue
-            for name in sorted(set(item) - ITEM_FIELDS):
-                shape.setdefault(f"{where}.{name}", []).append("unknown field")
-            if not isinstance(item.get("sku"), str):
-                shape[f"{where}.sku"] = ["required, a string"]
-            quantity = item.get("quantity")
-            if not isinstance(quantity, int) or isinstance(quantity, bool):
-                shape[f"{where}.quantity"] = ["required, an integer"]
-    if shape:
-        raise Invalid(400, shape)
-
-    values: dict[str, list[str]] = {}
-    try:
-        validate_email(customer)
-    except ValidationError:
-        values["customer"] = ["not a valid e-mail address"]
-    if style not in Style.values:
-        values["style"] = [f"one of {', '.join(Style.values)}"]
-    if not items:
-        values["items"] = ["at least one item"]
-    elif len(items) > MAX_LINES:
-        values["items"] = [f"at most {MAX_LINES} lines"]
-    skus = [item["sku"] for item in items]
-    products = {p.sku: p for p in Product.objects.filter(sku__in=skus)}
-    for i, item in enumerate(items):
-        if item["sku"] not in products:
-            values[f"items[{i}].sku"] = [f"unknown product {item['sku']!r}"]
-        elif skus.index(item["sku"]) != i:
-            values[f"items[{i}].sku"] = ["listed twice; put the total in one line"]
-        if not 1 <= item["quantity"] <= MAX_QUANTITY:
-            values[f"items[{i}].quantity"] = [f"between 1 and {MAX_QUANTITY}"]
-    if values:
-        raise Invalid(422, values)
-    return CheckoutRequest(
-        customer=customer.strip().lower(),
-        style=style,
-        items=tuple((products[item["sku"]], item["quantity"]) for item in items),
-    )
 
 
 def place_order(request: CheckoutRequest) -> Order:

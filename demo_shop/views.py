@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from sagaflow.idempotency import idempotent, user_scope
 
-from . import orders
+from . import orders, validation
 from .models import Order, Product
 
 
@@ -59,11 +59,11 @@ def checkout(request: HttpRequest) -> HttpResponse:
         return problem(415, "unsupported-media-type", "send the body as application/json")
     try:
         body = json.loads(request.body or b"null")
-    except ValueError:
+    except (ValueError, RecursionError):
         return problem(400, "invalid-json", "the body is not valid JSON")
     try:
-        order = orders.place_order(orders.validate(body))
-    except orders.Invalid as exc:
+        order = orders.place_order(validation.validate(body))
+    except validation.Invalid as exc:
         return problem(
             exc.status, "invalid-request", "the request has invalid fields", errors=exc.errors
         )

@@ -7,8 +7,9 @@ import uuid
 from django.test import Client
 
 from demo_shop import invariants, seed
-from demo_shop.models import Order, OrderStatus
+from demo_shop.models import Charge, Order, OrderStatus, Product, Shipment, StockHold
 from sagaflow import relay, sweeper
+from sagaflow.models import IdempotencyKey, IdempotencyKeyState, OutboxEvent, Saga
 from tests.processes import wait_until
 
 SHOP_DB = ["default", "services"]
@@ -57,3 +58,30 @@ def settle(order_ids, timeout: float = 60.0) -> list[Order]:
 def assert_invariants() -> None:
     broken = [c for c in invariants.check_all() if not c.ok]
     assert not broken, broken
+
+
+def assert_problem(response, status: int, code: str) -> dict:
+    """``response`` is an RFC 9457 problem with this status and ``code``; its body."""
+    assert response.status_code == status, response.content[:500]
+    assert response["Content-Type"] == "application/problem+json", response["Content-Type"]
+    body = response.json()
+    assert (body["status"], body["code"]) == (status, code), body
+    return body
+
+
+def assert_nothing_written(*, stored_refusal: int | None = None) -> None:
+    """No order, saga, event, hold, charge or shipment exists and no stock moved.
+
+    Idempotency keys: none, or (``stored_refusal``) only completed keys holding that
+    refusal, which sagaflow stores so that a retry gets the same answer.
+    """
+    assert Order.objects.count() == 0
+    assert Saga.objects.filter(name="shop.checkout").count() == 0
+    assert OutboxEvent.objects.count() == 0
+    assert StockHold.objects.count() == 0
+    assert Charge.objects.count() == 0
+    assert Shipment.objects.count() == 0
+    assert [p.sku for p in Product.objects.all() if p.on_hand != p.initial_stock] == []
+    keys = set(IdempotencyKey.objects.values_list("state", "response_status"))
+    allowed = set() if stored_refusal is None else {(IdempotencyKeyState.COMPLETED, stored_refusal)}
+    assert keys <= allowed, keys

@@ -28,7 +28,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import override_settings
 
-from demo_shop import invariants, orders, seed, tasks
+from demo_shop import invariants, orders, seed, tasks, validation
 from demo_shop.celery import app
 from demo_shop.models import Order, OrderEvent, OrderStatus, Product, ServiceRequest, Style
 from sagaflow import sweeper
@@ -176,7 +176,7 @@ class Command(BaseCommand):
                     via = f"orders.place_order (the API is unavailable here: {exc})"[:160]
             if not via.startswith("POST"):
                 try:
-                    order_id = orders.place_order(orders.validate(body)).pk
+                    order_id = orders.place_order(validation.validate(body)).pk
                 except orders.OutOfStock:
                     rejected["out-of-stock"] += 1
             if order_id is not None:
