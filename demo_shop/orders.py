@@ -18,6 +18,7 @@ from .events import emit
 from .models import Order, OrderLine, OrderStatus, Style
 from .sagas import checkout
 from .settlement import settle_from_saga
+from .shoppers import Owner
 from .validation import CheckoutRequest
 
 
@@ -28,8 +29,8 @@ class OutOfStock(Exception):
         self.available = available
 
 
-def place_order(request: CheckoutRequest) -> Order:
-    """Create the order and start its checkout, atomically.
+def place_order(request: CheckoutRequest, owner: Owner) -> Order:
+    """Create ``owner``'s order and start its checkout, atomically.
 
     Raises ``OutOfStock`` (nothing written) when the shelf visibly cannot serve it;
     under a race the reservation decides, and the order ends cancelled instead.
@@ -40,6 +41,8 @@ def place_order(request: CheckoutRequest) -> Order:
             raise OutOfStock(product.sku, product.on_hand)
     with transaction.atomic():
         order = Order.objects.create(
+            user_id=owner.user_id,
+            shopper=owner.shopper,
             customer=request.customer,
             style=request.style,
             total_cents=sum(p.price_cents * q for p, q in request.items),
@@ -77,6 +80,7 @@ def describe(order: Order) -> dict[str, Any]:
     return {
         "order": {
             "id": order.pk,
+            "public_id": str(order.public_id),
             "customer": order.customer,
             "style": order.style,
             "status": order.status,

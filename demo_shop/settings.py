@@ -24,6 +24,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    "rest_framework",
+    "drf_spectacular",
     "sagaflow",
     "demo_shop",
 ]
@@ -111,6 +113,17 @@ CELERY_BEAT_SCHEDULE = {
     "sagaflow-janitor": {"task": "sagaflow.janitor", "schedule": 3600.0},
     "shop-release-expired-holds": {"task": "demo_shop.release_expired_holds", "schedule": 30.0},
     "shop-reconcile": {"task": "demo_shop.reconcile", "schedule": 60.0},
+}
+
+# --- The JSON API's schema (GET /api/schema), see demo_shop/openapi.py ---------
+REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "sagaflow demo shop",
+    "DESCRIPTION": "Checkout with idempotency keys, and the orders it places (their owner only).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "POSTPROCESSING_HOOKS": ["demo_shop.openapi.add_components"],
 }
 
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"

@@ -21,14 +21,23 @@ def fresh_shop(stock: int = 100, sku: str = "WIDGET", price: int = 500):
     return products[0]
 
 
+def shopper() -> Client:
+    """A client with an anonymous shopper session, as a visit to the shop gives one."""
+    client = Client()
+    response = client.get("/api/session")
+    assert response.status_code == 200, response.content
+    return client
+
+
 def post_checkout(
-    body: dict, *, key: str | None = None, client: Client | None = None, client_id: str = "tests"
+    body, *, key: str | bool | None = None, client: Client | None = None, **extra: str
 ):
-    client = client or Client()
-    headers = {"HTTP_X_CLIENT_ID": client_id}
+    """POST a checkout as ``client`` (a new shopper by default), with a fresh key unless
+    ``key`` is given (``False``: no key at all); ``extra`` as the test client takes it."""
+    client = client or shopper()
     if key is not False:
-        headers["HTTP_IDEMPOTENCY_KEY"] = key or str(uuid.uuid4())
-    return client.post("/api/checkout", body, content_type="application/json", **headers)
+        extra["HTTP_IDEMPOTENCY_KEY"] = key or str(uuid.uuid4())
+    return client.post("/api/checkout", body, content_type="application/json", **extra)
 
 
 def order_body(customer: str, style: str, quantity: int = 1, sku: str = "WIDGET") -> dict:
