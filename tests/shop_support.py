@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+import tempfile
 import uuid
+from pathlib import Path
 
+import gunicorn
 from django.test import Client
 
 from demo_shop import invariants, seed
 from demo_shop.models import Charge, Order, OrderStatus, Product, Shipment, StockHold
 from sagaflow import relay, sweeper
 from sagaflow.models import IdempotencyKey, IdempotencyKeyState, OutboxEvent, Saga
-from tests.processes import wait_until
+from tests.processes import ROOT, Process, child_env, wait_until
 
 SHOP_DB = ["default", "services"]
 
@@ -94,3 +101,60 @@ def assert_nothing_written(*, stored_refusal: int | None = None) -> None:
     keys = set(IdempotencyKey.objects.values_list("state", "response_status"))
     allowed = set() if stored_refusal is None else {(IdempotencyKeyState.COMPLETED, stored_refusal)}
     assert keys <= allowed, keys
+
+
+class WebServer(Process):
+    """gunicorn serving the demo on a free loopback port, which gunicorn picks itself.
+
+    The environment is the test process's, pointed at the test database, with
+    ``env`` on top; names in ``unset`` are removed (to see what a default does).
+    """
+
+    def __init__(self, *, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()):
+        fd, path = tempfile.mkstemp(prefix="sagaflow-web-", suffix=".log")
+        os.close(fd)
+        self.log = Path(path)
+        environment = child_env(**(env or {}))
+        for name in unset:
+            environment.pop(name, None)
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "demo_shop.wsgi:application",
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--threads",
+            "4",
+            "--timeout",
+            "30",
+        ]
+        if gunicorn.version_info >= (25, 1):  # else every gunicorn here shares one socket
+            command.append("--no-control-socket")
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.url: str = wait_until(self._listening, timeout=60, what="gunicorn to listen")
+
+    def _listening(self) -> str | None:
+        self.exited_early("gunicorn")
+        found = re.search(rb"Listening at: (http://127\.0\.0\.1:\d+)", self.log.read_bytes())
+        return found.group(1).decode() if found else None
+
+    def text(self) -> str:
+        """Everything the server wrote so far (``output()`` is its tail)."""
+        return self.log.read_text(errors="replace")
+
+    def __enter__(self) -> WebServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _cycles(package: str) -> list[tuple[str, ...]]:
-    graph = grimp.build_graph(package, include_external_packages=False)
+    graph = grimp.build_graph(package, include_external_packages=False, cache_dir=None)
     found = []
     for module in sorted(graph.modules):
         for imported in sorted(graph.find_modules_directly_imported_by(module)):
