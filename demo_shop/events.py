@@ -7,6 +7,9 @@ stand-in: the event is a ``LocalEvent`` row written in the same transaction, and
 ``deliver_local`` (a task kicked on commit) hands it to the registered consumers
 one at a time, marking it delivered. It is not a second outbox: one process, one
 delivering thread, just enough to run the same choreography without services.
+
+The kick sends that task by its name (``DELIVER_LOCAL_EVENTS``): ``tasks.py`` is
+the top layer and imports this module, so this module never imports it back.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import threading
 from typing import Any
 
+from celery import current_app
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -24,6 +28,9 @@ from sagaflow.outbox.consumers import Event, consumers_of
 from .models import LocalEvent
 
 logger = logging.getLogger("demo_shop.events")
+
+#: The Celery name of ``tasks.deliver_local_events`` (the wire protocol: never renamed).
+DELIVER_LOCAL_EVENTS = "demo_shop.deliver_local_events"
 
 
 def uses_outbox() -> bool:
@@ -44,9 +51,7 @@ def emit(topic: str, order_id: int, **payload: Any) -> int:
 
 
 def _kick() -> None:
-    from .tasks import deliver_local_events
-
-    deliver_local_events.delay()
+    current_app.send_task(DELIVER_LOCAL_EVENTS)
 
 
 _delivering = threading.Lock()

@@ -13,6 +13,9 @@ transactions, as a remote service's would be. ``FaultRule`` says when they fail.
 
 from __future__ import annotations
 
+import uuid
+
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -52,6 +55,20 @@ SETTLED = (OrderStatus.CONFIRMED, OrderStatus.CANCELLED, OrderStatus.FAILED)
 
 
 class Order(models.Model):
+    """One checkout. It belongs to whoever placed it: a logged-in ``user``, else the
+    anonymous ``shopper`` of a session (a random id kept in that session). The API
+    and the pages address it by ``public_id`` and show it to its owner only; the
+    sequential ``id`` is the shop's order number (services and events refer to it)."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="shop_orders",
+    )
+    shopper = models.CharField(max_length=64, blank=True, default="")
     customer = models.EmailField()
     style = models.CharField(max_length=16, choices=Style.choices)
     status = models.CharField(

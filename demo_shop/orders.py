@@ -1,40 +1,25 @@
 """Placing orders and reading them back: what the API, the pages and the demo call.
 
-``validate`` turns a request body into a ``CheckoutRequest`` or raises ``Invalid``
-with field errors, before anything is written. ``place_order`` creates the order
+``validation.validate`` turns a request body into a ``CheckoutRequest`` (or field
+errors) before anything is written. ``place_order`` creates the order
 and starts its checkout in one transaction: the saga run (orchestrated) or the
 ``order.placed`` event (choreographed) commits with the order or not at all.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any
 
-from django.core.exceptions import ValidationError
-from django.core.validators import validate_email
 from django.db import transaction
-from django.utils import timezone
 
-from sagaflow.models import Saga, SagaState, SagaStep
+from sagaflow.models import Saga, SagaStep
 
 from .events import emit
-from .models import Order, OrderLine, OrderStatus, Product, Style
-
-MAX_QUANTITY = 100
-MAX_LINES = 20
-FIELDS = {"items", "customer", "style"}
-ITEM_FIELDS = {"sku", "quantity"}
-
-
-class Invalid(Exception):
-    """The request cannot be processed; ``status`` 400 (shape) or 422 (values)."""
-
-    def __init__(self, status: int, errors: dict[str, list[str]]) -> None:
-        super().__init__(errors)
-        self.status = status
-        self.errors = errors
+from .models import Order, OrderLine, OrderStatus, Style
+from .sagas import checkout
+from .settlement import settle_from_saga
+from .shoppers import Owner
+from .validation import CheckoutRequest
 
 
 class OutOfStock(Exception):
@@ -44,75 +29,8 @@ class OutOfStock(Exception):
         self.available = available
 
 
-@dataclass(frozen=True)
-class CheckoutRequest:
-    customer: str
-    style: str
-    items: tuple[tuple[Product, int], ...]
-
-
-def validate(body: Any) -> CheckoutRequest:
-    """Check the shape first (400), then the values (422)."""
-    shape: dict[str, list[str]] = {}
-    if not isinstance(body, dict):
-        raise Invalid(400, {"non_field_errors": ["the body must be a JSON object"]})
-    for name in sorted(set(body) - FIELDS):
-        shape.setdefault(name, []).append("unknown field")
-    customer, items = body.get("customer"), body.get("items")
-    style = body.get("style", Style.ORCHESTRATED)
-    if not isinstance(customer, str):
-        shape["customer"] = ["required, a string (an e-mail address)"]
-    if not isinstance(style, str):
-        shape["style"] = ["must be a string"]
-    if not isinstance(items, list):
-        shape["items"] = ["required, a list of {sku, quantity}"]
-    else:
-        for i, item in enumerate(items):
-            where = f"items[{i}]"
-            if not isinstance(item, dict):
-                shape[where] = ["must be an object {sku, quantity}"]
-                continue
-            for name in sorted(set(item) - ITEM_FIELDS):
-                shape.setdefault(f"{where}.{name}", []).append("unknown field")
-            if not isinstance(item.get("sku"), str):
-                shape[f"{where}.sku"] = ["required, a string"]
-            quantity = item.get("quantity")
-            if not isinstance(quantity, int) or isinstance(quantity, bool):
-                shape[f"{where}.quantity"] = ["required, an integer"]
-    if shape:
-        raise Invalid(400, shape)
-
-    values: dict[str, list[str]] = {}
-    try:
-        validate_email(customer)
-    except ValidationError:
-        values["customer"] = ["not a valid e-mail address"]
-    if style not in Style.values:
-        values["style"] = [f"one of {', '.join(Style.values)}"]
-    if not items:
-        values["items"] = ["at least one item"]
-    elif len(items) > MAX_LINES:
-        values["items"] = [f"at most {MAX_LINES} lines"]
-    skus = [item["sku"] for item in items]
-    products = {p.sku: p for p in Product.objects.filter(sku__in=skus)}
-    for i, item in enumerate(items):
-        if item["sku"] not in products:
-            values[f"items[{i}].sku"] = [f"unknown product {item['sku']!r}"]
-        elif skus.index(item["sku"]) != i:
-            values[f"items[{i}].sku"] = ["listed twice; put the total in one line"]
-        if not 1 <= item["quantity"] <= MAX_QUANTITY:
-            values[f"items[{i}].quantity"] = [f"between 1 and {MAX_QUANTITY}"]
-    if values:
-        raise Invalid(422, values)
-    return CheckoutRequest(
-        customer=customer.strip().lower(),
-        style=style,
-        items=tuple((products[item["sku"]], item["quantity"]) for item in items),
-    )
-
-
-def place_order(request: CheckoutRequest) -> Order:
-    """Create the order and start its checkout, atomically.
+def place_order(request: CheckoutRequest, owner: Owner) -> Order:
+    """Create ``owner``'s order and start its checkout, atomically.
 
     Raises ``OutOfStock`` (nothing written) when the shelf visibly cannot serve it;
     under a race the reservation decides, and the order ends cancelled instead.
@@ -123,6 +41,8 @@ def place_order(request: CheckoutRequest) -> Order:
             raise OutOfStock(product.sku, product.on_hand)
     with transaction.atomic():
         order = Order.objects.create(
+            user_id=owner.user_id,
+            shopper=owner.shopper,
             customer=request.customer,
             style=request.style,
             total_cents=sum(p.price_cents * q for p, q in request.items),
@@ -132,8 +52,6 @@ def place_order(request: CheckoutRequest) -> Order:
             for p, q in request.items
         )
         if request.style == Style.ORCHESTRATED:
-            from .sagas import checkout
-
             saga = checkout.start({"order_id": order.pk}, key=f"order-{order.pk}")
             order.saga_id = saga.id
             order.save(update_fields=["saga_id"])
@@ -142,37 +60,7 @@ def place_order(request: CheckoutRequest) -> Order:
     return order
 
 
-# --- settling and reading -----------------------------------------------------------------
-
-
-def reason_from_saga(saga: Saga) -> str:
-    """``out_of_stock`` from "step 'reserve_stock' failed: Abort: out_of_stock: ..."."""
-    failed = saga.steps.filter(error__gt="").exclude(state="compensated").order_by("index").last()
-    text = (saga.error or "").strip()
-    if "Abort: " in text:
-        return text.split("Abort: ", 1)[1].split(":", 1)[0].strip()[:100]
-    if saga.state == SagaState.FAILED:
-        return "compensation_failed"
-    # "step 'schedule_shipping' failed: ..." (the step may itself be compensated
-    # since it is declared compensate_on_failure, so its row no longer says so).
-    named = re.match(r"step '([\w.:-]+)' failed", text)
-    if named:
-        return f"{named.group(1)}_failed"
-    if failed is not None:
-        return f"{failed.name}_failed"
-    return (text.split(":", 1)[0] or "cancelled")[:100]
-
-
-def settle_from_saga(saga: Saga) -> bool:
-    """Mark the order of a compensated/failed checkout saga; True if it changed."""
-    if saga.state not in (SagaState.COMPENSATED, SagaState.FAILED):
-        return False
-    status = OrderStatus.FAILED if saga.state == SagaState.FAILED else OrderStatus.CANCELLED
-    return bool(
-        Order.objects.filter(saga_id=saga.id, status=OrderStatus.PENDING).update(
-            status=status, reason=reason_from_saga(saga), settled_at=timezone.now()
-        )
-    )
+# --- reading -----------------------------------------------------------------------------
 
 
 def describe(order: Order) -> dict[str, Any]:
@@ -192,6 +80,7 @@ def describe(order: Order) -> dict[str, Any]:
     return {
         "order": {
             "id": order.pk,
+            "public_id": str(order.public_id),
             "customer": order.customer,
             "style": order.style,
             "status": order.status,

@@ -11,11 +11,11 @@ from django.dispatch import receiver
 
 from sagaflow import signals
 
-from . import orders
+from . import settlement
 
 
 @receiver(signals.saga_compensated, dispatch_uid="shop.settle_compensated")
 @receiver(signals.saga_failed, dispatch_uid="shop.settle_failed")
 def settle_order(sender, saga, **kwargs) -> None:
     if saga.name == "shop.checkout":
-        orders.settle_from_saga(saga)
+        settlement.settle_from_saga(saga)

@@ -1,8 +1,12 @@
-"""Settings for the demo project, read from the environment.
+"""Settings for the demo project, read from the environment: development and tests.
 
 With no ``DATABASE_URL`` the demo runs on SQLite and with no ``CELERY_BROKER_URL``
 on an in-memory broker, so ``make demo`` needs no services. Production-like runs set
-both (PostgreSQL and Redis).
+both (PostgreSQL and Redis). ``DEBUG`` is off unless ``DJANGO_DEBUG=1``.
+
+This profile has a fixed, public ``SECRET_KEY``: it is for a developer's machine.
+A server runs ``demo_shop.settings_production``, which takes everything from the
+environment and passes ``manage.py check --deploy``.
 """
 
 import os
@@ -12,9 +16,12 @@ import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "demo-only-not-secret")
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
-ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,testserver").split(",")
+# The "django-insecure-" prefix makes `check --deploy` refuse this key if it ever serves.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or "django-insecure-demo-only-not-secret"
+DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
+ALLOWED_HOSTS = os.environ.get(
+    "DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver"
+).split(",")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -24,6 +31,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    "rest_framework",
+    "drf_spectacular",
     "sagaflow",
     "demo_shop",
 ]
@@ -36,6 +45,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "sagaflow.middleware.IdempotencyMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # X-Frame-Options: DENY, so no other site can frame the admin (clickjacking).
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "demo_shop.urls"
@@ -113,16 +124,43 @@ CELERY_BEAT_SCHEDULE = {
     "shop-reconcile": {"task": "demo_shop.reconcile", "schedule": 60.0},
 }
 
+# --- The JSON API's schema (GET /api/schema), see demo_shop/openapi.py ---------
+REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "sagaflow demo shop",
+    "DESCRIPTION": "Checkout with idempotency keys, and the orders it places (their owner only).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "POSTPROCESSING_HOOKS": ["demo_shop.openapi.add_components"],
+}
+
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 #: Seconds a stock hold lasts; longer than the checkout saga's deadline (2 min).
 SHOP_HOLD_TTL = 600
 
 SAGAFLOW: dict = {}
 
+# Everything to stderr, where gunicorn, celery and compose collect it. Django's own
+# default sends request errors to the console only with DEBUG on (and mails them to
+# ADMINS otherwise): without "django.request" here a 500 would be logged nowhere.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {"sagaflow": {"handlers": ["console"], "level": "INFO"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+            "formatter": "plain",
+        }
+    },
+    "loggers": {
+        "sagaflow": {"handlers": ["console"], "level": "INFO"},
+        "demo_shop": {"handlers": ["console"], "level": "WARNING"},
+        # 5xx with their tracebacks (4xx are answers, not errors: not logged).
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+        # DisallowedHost and other suspicious requests.
+        "django.security": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
 }

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from sagaflow.models import Saga, SagaState
 
-from . import events, inventory, orders, payments, shipping
+from . import events, inventory, payments, settlement, shipping
 from .models import Charge, ChargeState, HoldState, Order, OrderStatus, Shipment, StockHold
 
 logger = logging.getLogger("demo_shop.tasks")
@@ -56,7 +56,7 @@ def reconcile() -> dict[str, int]:
     for saga in Saga.objects.filter(
         pk__in=pending.values("saga_id"), state__in=[SagaState.COMPENSATED, SagaState.FAILED]
     ):
-        settled += orders.settle_from_saga(saga)
+        settled += settlement.settle_from_saga(saga)
     fixed = 0
     cancelled = Order.objects.filter(status=OrderStatus.CANCELLED)
     refs = {f"order-{pk}": pk for pk in cancelled.values_list("pk", flat=True)}
@@ -89,7 +89,7 @@ def reconcile() -> dict[str, int]:
     return {"settled": settled, "fixed": fixed}
 
 
-@shared_task(name="demo_shop.deliver_local_events", ignore_result=True)
+@shared_task(name=events.DELIVER_LOCAL_EVENTS, ignore_result=True)
 def deliver_local_events() -> int:
     """SQLite only: feed ``LocalEvent`` rows to the consumers (see ``events.py``)."""
     return events.deliver_local()

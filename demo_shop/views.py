@@ -1,98 +1,66 @@
-"""The shop's JSON API and its two pages.
+"""The shop's two pages: the catalogue with its checkout form, and an order's page.
 
-``POST /api/checkout`` runs in one transaction with its idempotency key
-(``@transaction.atomic`` above ``@idempotent``: sagaflow's atomic mode), so the
-order, the start of its checkout and the stored response commit together, and a
-retry with the same key gets the first response back instead of a second order.
+Visiting the catalogue starts the visitor's shopper session (``shoppers.py``): the
+form's checkout is scoped to it, and so is the order page it leads to. An order
+page answers 404 to anyone but the order's owner, like the API.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from django.db import transaction
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, render
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
 from django.urls import reverse
-from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from django.views import defaults
+from django.views.decorators.http import require_GET
 
-from sagaflow.idempotency import idempotent, user_scope
-
-from . import orders
-from .models import Order, Product
-
-
-def client_scope(request: Any) -> str:
-    """Whose keys these are: the user, else the client (a demo without accounts).
-
-    ``X-Client-Id`` (the page sends a random id kept in localStorage), else the
-    client's address. A real shop would require authentication instead.
-    """
-    user = user_scope(request)
-    if user is not None:
-        return user
-    http = getattr(request, "_request", request)
-    client = http.headers.get("X-Client-Id") or http.META.get("REMOTE_ADDR") or "unknown"
-    return f"client:{client[:200]}"
-
-
-def problem(status: int, code: str, detail: str, **extra: Any) -> JsonResponse:
-    body = {
-        "type": f"urn:demo-shop:problem:{code}",
-        "title": detail,
-        "status": status,
-        "code": code,
-        "detail": detail,
-        **extra,
-    }
-    return JsonResponse(body, status=status, content_type="application/problem+json")
-
-
-@csrf_exempt  # JSON only (checked below): a cross-site form cannot send it without CORS
-@require_POST
-@transaction.atomic
-@idempotent(required=True, scope=client_scope)
-def checkout(request: HttpRequest) -> HttpResponse:
-    if request.content_type != "application/json":
-        return problem(415, "unsupported-media-type", "send the body as application/json")
-    try:
-        body = json.loads(request.body or b"null")
-    except ValueError:
-        return problem(400, "invalid-json", "the body is not valid JSON")
-    try:
-        order = orders.place_order(orders.validate(body))
-    except orders.Invalid as exc:
-        return problem(
-            exc.status, "invalid-request", "the request has invalid fields", errors=exc.errors
-        )
-    except orders.OutOfStock as exc:
-        return problem(409, "out-of-stock", str(exc), sku=exc.sku, available=exc.available)
-    status_url = reverse("shop-order-api", args=[order.pk])
-    response = JsonResponse(
-        {"order": orders.describe(order)["order"], "status_url": status_url}, status=202
-    )
-    response["Location"] = status_url
-    return response
-
-
-@require_GET
-def order_status(request: HttpRequest, pk: int) -> JsonResponse:
-    return JsonResponse(orders.describe(get_object_or_404(Order, pk=pk)))
+from . import api, orders, shoppers
+from .models import Product
 
 
 @require_GET
 def products_page(request: HttpRequest) -> HttpResponse:
+    shoppers.start(request)
     return render(request, "demo_shop/products.html", {"products": Product.objects.all()})
 
 
 @require_GET
-def order_page(request: HttpRequest, pk: int) -> HttpResponse:
-    order = get_object_or_404(Order, pk=pk)
-    data = orders.describe(order)
+def order_page(request: HttpRequest, public_id: str) -> HttpResponse:
+    order = shoppers.find_order(request, public_id)
+    if order is None:
+        raise Http404("no order of yours has this id")
     return render(
         request,
         "demo_shop/order.html",
-        {"data": data, "order": order, "status_url": reverse("shop-order-api", args=[pk])},
+        {
+            "data": orders.describe(order),
+            "order": order,
+            "status_url": reverse("shop-order-api", args=[order.public_id]),
+        },
     )
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """``handler404``: a problem under ``/api/``, Django's page elsewhere."""
+    if _is_api(request):
+        return api.problem(404, "not-found", "nothing here")
+    return defaults.page_not_found(request, exception)
+
+
+def crashed(request: HttpRequest) -> HttpResponse:
+    """``handler500``: a problem under ``/api/`` (no traceback, whatever DEBUG says)."""
+    if _is_api(request):
+        return api.problem(500, "server-error", "the server failed; the error is logged")
+    return defaults.server_error(request)
+
+
+def bad_request(request: HttpRequest, exception: Any = None) -> HttpResponse:
+    """``handler400`` (a body over the size limit, a bad Host): a problem under ``/api/``."""
+    if _is_api(request):
+        return api.problem(400, "bad-request", "the request cannot be read")
+    return defaults.bad_request(request, exception)

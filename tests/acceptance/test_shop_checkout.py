@@ -22,6 +22,7 @@ from tests.shop_support import (
     order_body,
     post_checkout,
     settle,
+    shopper,
 )
 
 pytestmark = [
@@ -93,16 +94,18 @@ SCENARIOS = [
 ]
 
 
-def test_happy_path_through_the_http_api(worker, client):
+def test_happy_path_through_the_http_api(worker):
     fresh_shop(stock=10)
+    client = shopper()
     ids = []
     for style in STYLES:
-        response = post_checkout(order_body(f"happy-{style}@shop.test", style, quantity=2))
+        body = order_body(f"happy-{style}@shop.test", style, quantity=2)
+        response = post_checkout(body, client=client)
         assert response.status_code == 202, response.content
         ids.append(response.json()["order"]["id"])
     for order in settle(ids):
         assert order.status == "confirmed" and order.emailed_at is not None
-        data = client.get(f"/api/orders/{order.pk}").json()
+        data = client.get(f"/api/orders/{order.public_id}").json()
         assert data["settled"] and data["order"]["status"] == "confirmed"
         if order.style == "orchestrated":
             assert {row["state"] for row in data["timeline"]} == {"succeeded"}
@@ -173,7 +176,7 @@ def test_64_concurrent_checkouts_on_a_stock_of_50_sell_exactly_50(worker):
         try:
             body = order_body(f"rush{i}@shop.test", STYLES[i % 2])
             barrier.wait(timeout=30)
-            response = post_checkout(body, client_id=f"rush{i}")
+            response = post_checkout(body)
             with lock:
                 statuses.append(response.status_code)
         finally:

@@ -110,7 +110,7 @@ class LoadGenerator:
             headers={
                 "Content-Type": "application/json",
                 "Idempotency-Key": key,
-                "X-Client-Id": client,
+                "Cookie": client,
             },
         )
         try:
@@ -243,9 +243,22 @@ class LoadGenerator:
                 elif answer is not None:
                     self.stats.changed_body_accepted.append(f"{key}: {answer.status}")
 
+    def _session(self) -> str:
+        """A shopper session, as its ``Cookie`` header: the scope of this client's keys."""
+        deadline = time.monotonic() + GIVE_UP_AFTER
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/api/session", timeout=20) as answer:
+                    cookies = answer.headers.get_all("Set-Cookie") or []
+                    return next(c.split(";", 1)[0] for c in cookies if c.startswith("sessionid="))
+            except (OSError, StopIteration):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
     def _run(self, index: int) -> None:
         rng = random.Random(self.seed * 1000 + index)
-        client = f"chaos-client-{index}"
+        client = self._session()
         interval = self.threads / self.rate
         next_at = time.monotonic() + rng.uniform(0, interval)
         while not self._stop.is_set():

@@ -10,14 +10,21 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
-from django.test import Client, override_settings
+from django.test import override_settings
 from django.utils import timezone
 
 from demo_shop import inventory, tasks
 from demo_shop.models import HoldState, Order, OrderStatus, Product, StockHold
 from sagaflow.models import OutboxEvent, Saga
 from sagaflow.testing import captured_dispatches, drive
-from tests.shop_support import SHOP_DB, assert_invariants, fresh_shop, order_body, post_checkout
+from tests.shop_support import (
+    SHOP_DB,
+    assert_invariants,
+    fresh_shop,
+    order_body,
+    post_checkout,
+    shopper,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=SHOP_DB), pytest.mark.timeout(60)]
 
@@ -106,11 +113,8 @@ def test_invalid_checkout_gets_field_errors_and_writes_nothing(body, status, fie
 def test_key_is_required_and_json_is_required():
     fresh_shop()
     assert post_checkout(order_body("a@b.example", "orchestrated"), key=False).status_code == 400
-    form = Client().post(
-        "/api/checkout",
-        {"customer": "a@b.example"},
-        HTTP_IDEMPOTENCY_KEY=str(uuid.uuid4()),
-        HTTP_X_CLIENT_ID="t",
+    form = shopper().post(
+        "/api/checkout", {"customer": "a@b.example"}, HTTP_IDEMPOTENCY_KEY=str(uuid.uuid4())
     )
     assert form.status_code == 415
     _nothing_written()
@@ -132,7 +136,8 @@ def test_checkout_creates_the_order_and_starts_its_checkout_in_one_transaction(s
     assert response.status_code == 202, response.content
     data = response.json()
     order = Order.objects.get(pk=data["order"]["id"])
-    assert data["status_url"] == f"/api/orders/{order.pk}" == response["Location"]
+    assert data["status_url"] == f"/api/orders/{order.public_id}" == response["Location"]
+    assert data["page_url"] == f"/orders/{order.public_id}"
     assert order.status == OrderStatus.PENDING and order.total_cents == 1000
     if style == "orchestrated":
         assert Saga.objects.get(pk=order.saga_id).data == {"order_id": order.pk}
@@ -145,27 +150,30 @@ def test_a_retried_post_with_the_same_key_makes_one_order():
     fresh_shop()
     key = str(uuid.uuid4())
     body = order_body("a@b.example", "orchestrated")
-    first = post_checkout(body, key=key)
-    again = post_checkout(body, key=key)
+    client = shopper()
+    first = post_checkout(body, key=key, client=client)
+    again = post_checkout(body, key=key, client=client)
     assert first.status_code == again.status_code == 202
     assert again["Idempotent-Replayed"] == "true"
     assert again.content == first.content
     assert Order.objects.count() == 1
     assert Saga.objects.filter(name="shop.checkout").count() == 1
-    other = post_checkout({**body, "items": [{"sku": "WIDGET", "quantity": 2}]}, key=key)
+    other = post_checkout(
+        {**body, "items": [{"sku": "WIDGET", "quantity": 2}]}, key=key, client=client
+    )
     assert other.status_code == 422  # same key, different request
     assert Order.objects.count() == 1
 
 
 def test_order_page_and_api_show_the_saga_timeline():
     fresh_shop()
-    response = post_checkout(order_body("page@b.example", "orchestrated"))
+    client = shopper()
+    response = post_checkout(order_body("page@b.example", "orchestrated"), client=client)
     order = Order.objects.get(pk=response.json()["order"]["id"])
-    client = Client()
-    pending = client.get(f"/orders/{order.pk}").content.decode()
+    pending = client.get(f"/orders/{order.public_id}").content.decode()
     assert "reserve_stock" in pending and "setTimeout(refresh" in pending  # keeps polling
     assert drive(Saga.objects.get(pk=order.saga_id)).state == "completed"
-    data = client.get(f"/api/orders/{order.pk}").json()
+    data = client.get(f"/api/orders/{order.public_id}").json()
     assert data["order"]["status"] == "confirmed" and data["settled"]
     assert [(r["step"], r["state"]) for r in data["timeline"]] == [
         (name, "succeeded")
@@ -177,7 +185,7 @@ def test_order_page_and_api_show_the_saga_timeline():
             "confirm_order",
         )
     ]
-    page = client.get(f"/orders/{order.pk}").content.decode()
+    page = client.get(f"/orders/{order.public_id}").content.decode()
     assert page.count('class="state-succeeded"') == 5 and "confirmed" in page
     assert "setTimeout(refresh, 500)" not in page  # settled: no more polling
     assert client.get("/").status_code == 200
