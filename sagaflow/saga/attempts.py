@@ -57,13 +57,19 @@ def resolve(saga: Saga, step: SagaStep) -> tuple[SagaDefinition, StepDefinition]
 
 #: Longest error kept per attempt in ``SagaStep.history`` (the last one is in ``error``).
 HISTORY_ERROR_CHARS = 2000
+#: Attempts kept in ``SagaStep.history``: the first and the latest ones. Every record
+#: rewrites the list, so it must not grow with operator retries without end.
+HISTORY_MAX_ENTRIES = 50
 
 
 def note_attempt(step: SagaStep, phase: str, label: str, outcome: Outcome) -> None:
     """Append this attempt to the step's history; saved with the outcome's write."""
     attempt = step.attempts if phase == FORWARD else step.compensation_attempts
+    kept = step.history
+    if len(kept) >= HISTORY_MAX_ENTRIES:
+        kept = [kept[0], *kept[-(HISTORY_MAX_ENTRIES - 2) :]]
     step.history = [
-        *step.history,
+        *kept,
         {
             "phase": phase,
             "attempt": attempt,

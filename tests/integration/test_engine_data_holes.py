@@ -89,3 +89,22 @@ def _nested(depth: int):
     for _ in range(depth):
         value = [value]
     return {"deep": value}
+
+
+# --- at scale: a step's history does not grow without end ---------------------------
+
+
+@pytest.mark.django_db
+def test_a_steps_history_keeps_its_first_and_latest_attempts():
+    from sagaflow.saga.attempts import HISTORY_MAX_ENTRIES, Outcome, note_attempt
+
+    definition = _define()
+    definition.step(name="only")(_logged("only"))
+    saga = _start(definition)
+    step = _step(saga, 0)
+    for attempt in range(1, HISTORY_MAX_ENTRIES + 30):
+        step.attempts = attempt
+        note_attempt(step, "forward", "failed", Outcome(error=f"try {attempt}"))
+    assert len(step.history) == HISTORY_MAX_ENTRIES
+    assert step.history[0]["attempt"] == 1
+    assert step.history[-1]["attempt"] == HISTORY_MAX_ENTRIES + 29
