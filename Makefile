@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DATABASE_URL ?= postgres://postgres@localhost:5432/sagaflow
 export CELERY_BROKER_URL ?= redis://localhost:6379/0
 
-.PHONY: install test lint demo bench clean browser-deps chaos
+.PHONY: install test lint demo bench clean browser-deps chaos matrix
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -77,5 +77,16 @@ chaos: $(STAMP)
 	done
 	@$(BIN)/python -c "import json,sys; sys.exit(json.load(open('docs/chaos/chaos-control.json'))['violations'] == 0)"
 
+# nox, build and twine (the dev extra).
+$(VENV)/.dev-installed: $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# The unit and integration tiers on Django 5.2 LTS (Python 3.11) and 6.1 (Python 3.13),
+# each in its own nox virtualenv, against DATABASE_URL and CELERY_BROKER_URL (noxfile.py).
+# Both Pythons must be on PATH as python3.11 and python3.13.
+matrix: $(VENV)/.dev-installed
+	$(BIN)/nox $(NOX_ARGS)
+
 clean:
-	rm -rf $(VENV) demo.sqlite3 .pytest_cache
+	rm -rf $(VENV) demo.sqlite3 .pytest_cache .nox

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+import django
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -116,7 +117,11 @@ CELERY_BEAT_SCHEDULE = {
     "shop-reconcile": {"task": "demo_shop.reconcile", "schedule": 60.0},
 }
 
-EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+# Django 6.1 configures mail with MAILERS; EMAIL_BACKEND warns there (deprecated).
+if django.VERSION >= (6, 1):
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.console.EmailBackend"}}
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 #: Seconds a stock hold lasts; longer than the checkout saga's deadline (2 min).
 SHOP_HOLD_TTL = 600
 
