@@ -95,6 +95,8 @@ urlpatterns += [path("notes", create_note)]
 #: (a logged-in user: keys are scoped to users), then waits for the worker's results.
 DRIVE = """
 import json, os, sys, time
+from importlib.metadata import version
+
 import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
@@ -108,7 +110,9 @@ from sagaflow.models import InboxMessage, OutboxEvent, Saga
 from shop.models import Note
 
 print(f"sagaflow {sagaflow.__version__} from {os.path.dirname(sagaflow.__file__)}")
-print(f"Django {django.get_version()}, Python {sys.version.split()[0]}")
+print(f"Django {django.get_version()}, Python {sys.version.split()[0]}, " + ", ".join(
+    f"{name} {version(name)}" for name in ("celery", "kombu", "redis", "psycopg")
+))
 client = Client(SERVER_NAME="localhost")
 client.force_login(User.objects.create_user("alice"))
 body = json.dumps({"text": "first note"})
@@ -165,8 +169,8 @@ def run(argv: list[str], cwd: Path, env: dict[str, str], quiet: bool = False) ->
         argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     output = done.stdout
-    if not quiet or done.returncode:
-        print(textwrap.indent(output.rstrip(), "  ") if output.strip() else "", flush=True)
+    if (not quiet or done.returncode) and output.strip():
+        print(textwrap.indent(output.rstrip(), "  "), flush=True)
     if done.returncode:
         raise Failed(f"{argv[0]} exited {done.returncode}")
     return output
@@ -288,7 +292,7 @@ def main() -> int:
                 run(pip, root, env)
                 run([str(bin_ / "pip"), "list"], root, env, quiet=True)
             elif argv[0] == "django-admin":
-                say("README: " + shlex.join(argv))
+                say("README: " + " ".join(argv))
                 run([str(bin_ / "django-admin"), *argv[1:3]], root, env)
                 project = root / argv[2]
             elif argv[0] == "createdb":
@@ -316,7 +320,7 @@ def main() -> int:
                 run([str(bin_ / "python"), "manage.py", "makemigrations", "shop"], project, env)
                 run([str(bin_ / "python"), "manage.py", "check"], project, env)
             elif argv[0] == "celery":
-                say("README: " + shlex.join(argv))
+                say("README: " + " ".join(argv))
                 kind = argv[3]
                 extra = ["-s", str(root / "celerybeat-schedule")] if kind == "beat" else []
                 process = Background(
@@ -329,11 +333,10 @@ def main() -> int:
                     process.wait_for("beat starting", lambda t: "beat: Starting" in t, 60)
                 print(f"{kind} is up (pid {process.process.pid})")
             elif argv[:2] == ["python", "manage.py"]:
-                say("README: " + shlex.join(argv))
                 if argv[2] == "sagaflow":
                     say("the check: the idempotent view and the consumer, with the worker")
                     run([str(bin_ / "python"), "drive.py"], project, env)
-                    say("README: " + shlex.join(argv))
+                say("README: " + " ".join(argv))
                 run([str(bin_ / "python"), *argv[1:]], project, env)
                 if argv[2] == "startapp":
                     (project / "drive.py").write_text(DRIVE)
