@@ -7,12 +7,12 @@ STAMP := $(VENV)/.installed
 export DATABASE_URL ?= postgres://postgres@localhost:5432/sagaflow
 export CELERY_BROKER_URL ?= redis://localhost:6379/0
 
-.PHONY: install test lint demo bench clean browser-deps chaos
+.PHONY: install test lint demo bench clean browser-deps chaos matrix release install-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,demo]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -78,5 +78,33 @@ chaos: $(STAMP)
 	done
 	@$(BIN)/python -c "import json,sys; sys.exit(json.load(open('docs/chaos/chaos-control.json'))['violations'] == 0)"
 
+# nox, build and twine, for the three targets below.
+$(VENV)/.dev-installed: $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# The unit and integration tiers on Django 5.2 LTS (Python 3.11) and 6.1 (Python 3.13),
+# each in its own nox virtualenv, against DATABASE_URL and CELERY_BROKER_URL (noxfile.py).
+# Both Pythons must be on PATH as python3.11 and python3.13.
+matrix: $(VENV)/.dev-installed
+	$(BIN)/nox $(NOX_ARGS)
+
+# The sdist and the wheel in dist/, checked by twine and for the files the sdist ships.
+release: $(VENV)/.dev-installed
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+	$(BIN)/python tests/packaging/check_dist.py dist
+
+# From a clean temporary directory: a new virtualenv, the built wheel with Django 6.1,
+# `django-admin startproject`, the README's Install blocks, a saga, a consumer and an
+# idempotent view, run by a real `celery worker` (and beat) against PostgreSQL (a fresh
+# database next to DATABASE_URL's, dropped afterwards) and CELERY_BROKER_URL.
+INSTALL_CHECK_PYTHON ?= python3.13
+INSTALL_CHECK_DJANGO ?= Django~=6.1.0
+install-check: release
+	$(BIN)/python tests/packaging/install_check.py --python $(INSTALL_CHECK_PYTHON) \
+		--django '$(INSTALL_CHECK_DJANGO)' dist/*.whl
+
 clean:
-	rm -rf $(VENV) demo.sqlite3 .pytest_cache
+	rm -rf $(VENV) demo.sqlite3 .pytest_cache .nox build dist

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sagaflow.conf import conf
+from sagaflow.conf import Defaults, conf
+from sagaflow.exceptions import ConfigurationError
 
 from .models import OrderStatus, Style
 from .validation import MAX_CUSTOMER_LENGTH, MAX_LINES, MAX_QUANTITY
@@ -186,11 +187,20 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 
 
 def idempotency_key_schema() -> dict[str, Any]:
-    """The header sagaflow accepts: printable ASCII without quotes or backslashes."""
+    """The header sagaflow accepts: printable ASCII without quotes or backslashes.
+
+    Built when the URLconf is imported, which ``manage.py check`` does too: a broken
+    ``SAGAFLOW`` setting must reach the user as its system check error (E004), so the
+    schema then shows the default bounds instead of raising here.
+    """
+    try:
+        low, high = conf.IDEMPOTENCY_KEY_MIN_LENGTH, conf.IDEMPOTENCY_KEY_MAX_LENGTH
+    except ConfigurationError:
+        low, high = Defaults.IDEMPOTENCY_KEY_MIN_LENGTH, Defaults.IDEMPOTENCY_KEY_MAX_LENGTH
     return {
         "type": "string",
-        "minLength": conf.IDEMPOTENCY_KEY_MIN_LENGTH,
-        "maxLength": conf.IDEMPOTENCY_KEY_MAX_LENGTH,
+        "minLength": low,
+        "maxLength": high,
         "pattern": r"^[!#-\[\]-~]+$",
     }
 

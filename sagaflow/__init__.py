@@ -4,6 +4,7 @@ Django + Celery, with PostgreSQL as the only source of truth.
 The public API is what this module exports; everything else is internal.
 """
 
+from ._version import __version__ as __version__
 from .exceptions import (
     Abort,
     ConfigurationError,

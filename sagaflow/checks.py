@@ -8,6 +8,10 @@ Stable ids, so a project can silence one deliberately:
   scoped to anonymous users).
 - ``sagaflow.E002``: the broker's visibility timeout is shorter than a step's
   timeout plus lease grace: Redis would hand a running step to a second worker.
+- ``sagaflow.E003``: the default database is not PostgreSQL: the outbox, its relay,
+  the consumers' inboxes, ``sagaflow status`` and the outbox admin use its SQL.
+- ``sagaflow.E004``: ``settings.SAGAFLOW`` is not a dict, or has a key that names no
+  setting (a typo: the default would be used silently).
 - ``sagaflow.W005``: SQLite outside DEBUG (no row locks, no SKIP LOCKED).
 """
 
@@ -21,7 +25,8 @@ from django.core.checks import Error, Tags, Warning, register
 from django.db import connections
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from .conf import conf
+from .conf import conf, unknown_keys
+from .exceptions import ConfigurationError
 from .saga.registry import all_definitions
 
 MIDDLEWARE = "sagaflow.middleware.IdempotencyMiddleware"
@@ -125,7 +130,10 @@ def check_visibility_timeout(app_configs: Any = None, **kwargs: Any) -> list[Err
         return []
     options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {}) or {}
     visibility = float(options.get("visibility_timeout", REDIS_DEFAULT_VISIBILITY))
-    lease, where = _longest_lease()
+    try:
+        lease, where = _longest_lease()
+    except ConfigurationError:  # an invalid SAGAFLOW: sagaflow.E004 says what is wrong
+        return []
     if lease <= visibility:
         return []
     return [
@@ -139,7 +147,70 @@ def check_visibility_timeout(app_configs: Any = None, **kwargs: Any) -> list[Err
     ]
 
 
-@register(Tags.database)
+@register(Tags.compatibility)
+def check_settings_dict(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """A typo in ``SAGAFLOW`` is an error here, not a traceback from the first read."""
+    value = getattr(settings, "SAGAFLOW", {}) or {}
+    if not isinstance(value, dict):
+        return [
+            Error(
+                f"settings.SAGAFLOW must be a dict, got {type(value).__name__}.",
+                hint="Set SAGAFLOW = {...} with the keys listed in sagaflow/conf.py, or remove it.",
+                id="sagaflow.E004",
+            )
+        ]
+    return [
+        Error(
+            f"Unknown key {key!r} in settings.SAGAFLOW"
+            + (f"; did you mean {close!r}?" if close else "."),
+            hint=f"Rename it to {close!r}."
+            if close
+            else "Remove it; the known keys are the fields of sagaflow.conf.Defaults.",
+            obj="settings.SAGAFLOW",
+            id="sagaflow.E004",
+        )
+        for key, close in unknown_keys(value).items()
+    ]
+
+
+#: What needs PostgreSQL, for the error below (their SQL: SKIP LOCKED, now(),
+#: make_interval, advisory locks, LISTEN/NOTIFY).
+NEEDS_POSTGRESQL = (
+    "sagaflow.publish",
+    "the outbox relay (the sagaflow.relay_outbox task, manage.py sagaflow_relay)",
+    "@sagaflow.consumer inboxes",
+    "manage.py sagaflow status",
+    "the outbox admin",
+)
+
+
+@register(Tags.compatibility)
+def check_postgresql(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """Refuse at start-up rather than fail with a raw SQL error in a request or a task.
+
+    Sagas and idempotency keys also run on other databases (the demo runs them on
+    SQLite), so a project that uses nothing in ``NEEDS_POSTGRESQL`` may silence this
+    error deliberately. No connection is opened: the vendor comes from the backend.
+    """
+    vendor = connections["default"].vendor
+    if vendor == "postgresql":
+        return []
+    return [
+        Error(
+            f"sagaflow needs PostgreSQL, and the default database is {vendor}. These use "
+            f"PostgreSQL's SQL and would fail on {vendor}: {'; '.join(NEEDS_POSTGRESQL)}.",
+            hint="Point DATABASES['default'] at PostgreSQL (ENGINE "
+            "'django.db.backends.postgresql'). A development project that only runs sagas "
+            f"and idempotency keys on {vendor} may add 'sagaflow.E003' to "
+            "SILENCED_SYSTEM_CHECKS.",
+            id="sagaflow.E003",
+        )
+    ]
+
+
+# Not tagged `database`: it reads the backend's vendor and opens no connection, so it
+# runs in `check` and `runserver` too (Django 6.1 runs database checks only on request).
+@register(Tags.compatibility)
 def check_database(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     if settings.DEBUG or connections["default"].vendor != "sqlite":
         return []

@@ -6,6 +6,8 @@ overrides ``SAGAFLOW`` with ``override_settings`` is seen on the next attribute 
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -137,10 +139,26 @@ class Defaults:
     CONSUMER_REDELIVERY_WINDOW: float = 3600.0
 
 
+NAMES = frozenset(f.name for f in fields(Defaults))
+
+
+def unknown_keys(value: Mapping[Any, Any]) -> dict[str, str | None]:
+    """The keys of ``value`` that name no setting, each with the closest known name.
+
+    Shared by the live reads below and the system check ``sagaflow.E004``, so that
+    ``manage.py check`` reports a typo with the same "did you mean" as a worker.
+    """
+    return {
+        str(key): next(iter(difflib.get_close_matches(str(key).upper(), NAMES, n=1)), None)
+        for key in sorted(value, key=str)
+        if key not in NAMES
+    }
+
+
 class Settings:
     """Typed, live view of ``settings.SAGAFLOW`` over :class:`Defaults`."""
 
-    _names = frozenset(f.name for f in fields(Defaults))
+    _names = NAMES
 
     def _user(self) -> dict[str, Any]:
         value = getattr(django_settings, "SAGAFLOW", {}) or {}
@@ -148,10 +166,13 @@ class Settings:
             raise ConfigurationError(
                 f"settings.SAGAFLOW must be a dict, got {type(value).__name__}."
             )
-        unknown = sorted(set(value) - self._names)
+        unknown = unknown_keys(value)
         if unknown:
+            guesses = [
+                f"{key} (did you mean {close}?)" if close else key for key, close in unknown.items()
+            ]
             raise ConfigurationError(
-                f"Unknown key(s) in settings.SAGAFLOW: {', '.join(unknown)}. "
+                f"Unknown key(s) in settings.SAGAFLOW: {', '.join(guesses)}. "
                 f"Known keys: {', '.join(sorted(self._names))}."
             )
         return value

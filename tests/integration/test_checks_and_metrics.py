@@ -44,7 +44,7 @@ def test_sqlite_outside_debug_is_flagged(settings, monkeypatch):
 
     settings.DEBUG = False
     monkeypatch.setattr(connections["default"], "vendor", "sqlite")
-    assert ids() == ["sagaflow.W005"]
+    assert ids() == ["sagaflow.E003", "sagaflow.W005"]
 
 
 def sample(name, **labels):

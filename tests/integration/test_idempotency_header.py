@@ -17,10 +17,10 @@ import pytest
 from django.test import Client
 
 from sagaflow.models import IdempotencyKey
-from tests.idempotency_support import wait_until
 from tests.idempotency_views import MIDDLEWARE, recorder
 from tests.processes import Process
 from tests.sagaapp.models import AtomicWrite
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
