@@ -49,6 +49,13 @@ class SagaStepInline(ReadOnlyMixin, admin.TabularInline):
     ]
     readonly_fields = fields
 
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """A run's steps are part of the run: whoever may view the saga sees them
+        (read-only, as is the whole inline), without a ``view_sagastep`` grant."""
+        return request.user.has_perm("sagaflow.view_saga") or super().has_view_permission(
+            request, obj
+        )
+
     @admin.display(description="duration")
     def duration(self, step: SagaStep) -> str:
         if step.started_at and step.finished_at:
