@@ -23,7 +23,13 @@ from ..exceptions import ActionRefused, UnknownSagaError
 from ..graph import mermaid
 from ..models import Saga, SagaStep
 from ..registry import get_definition
-from .common import SHOWN_REFUSALS, ReadOnlyMixin, error_details, json_block
+from .common import (
+    SHOWN_REFUSALS,
+    GuardedActionsMixin,
+    ReadOnlyMixin,
+    error_details,
+    json_block,
+)
 
 
 class SagaStepInline(ReadOnlyMixin, admin.TabularInline):
@@ -100,7 +106,7 @@ class StuckFilter(admin.SimpleListFilter):
 
 
 @admin.register(Saga)
-class SagaAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class SagaAdmin(GuardedActionsMixin, ReadOnlyMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "name",
