@@ -74,8 +74,11 @@ class Defaults:
     #: Dotted path of ``scope(request) -> str | None``: whose keys these are.
     IDEMPOTENCY_SCOPE: str = "sagaflow.idempotency.user_scope"
     #: Response headers stored and replayed (cookies and auth headers never are).
+    #: ``Cache-Control`` is among them so that a replay of a ``no-store`` response
+    #: is ``no-store`` too.
     IDEMPOTENCY_REPLAY_HEADERS: tuple[str, ...] = (
         "Content-Type",
+        "Cache-Control",
         "Content-Language",
         "Content-Location",
         "Location",
@@ -83,6 +86,16 @@ class Defaults:
         "Last-Modified",
         "Link",
     )
+    #: Responses with a longer body are not stored: a 4xx releases its key (it
+    #: changed nothing; a retry runs again), a success keeps it without a body
+    #: (replays answer 409: it never runs twice). None: no limit.
+    IDEMPOTENCY_MAX_RESPONSE_BYTES: int | None = 1024 * 1024
+    #: Store 4xx responses of the view and replay them, as Stripe does (False:
+    #: a 4xx releases the key, so a corrected retry may reuse it).
+    IDEMPOTENCY_STORE_CLIENT_ERRORS: bool = True
+    #: Store responses marked ``Cache-Control: no-store`` too (the key's record is
+    #: not an HTTP cache). False: such a response keeps its key without a body.
+    IDEMPOTENCY_STORE_NO_STORE_RESPONSES: bool = True
     #: A ``CACHES`` alias to keep completed responses in, so that replays skip the
     #: database (``sagaflow.idempotency.cache``); None: every replay reads its row.
     IDEMPOTENCY_REPLAY_CACHE: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from django.utils.html import format_html
 
@@ -23,6 +24,22 @@ class ReadOnlyMixin:
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class GuardedActionsMixin:
+    """A POST that names an action the user may not run is refused with 403.
+
+    The admin leaves such actions out of the form, but a forged POST naming one
+    renders the changelist again (200, nothing done): it should be refused as
+    loudly as any other forged admin POST.
+    """
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> Any:
+        if request.method == "POST":
+            allowed = self.get_actions(request)  # type: ignore[attr-defined]
+            if any(name and name not in allowed for name in request.POST.getlist("action")):
+                raise PermissionDenied
+        return super().changelist_view(request, extra_context)  # type: ignore[misc]
 
 
 def json_block(value: Any) -> str:

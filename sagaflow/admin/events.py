@@ -17,7 +17,7 @@ from django.utils.translation import ngettext
 from ..models import IdempotencyKey, InboxMessage, OutboxEvent
 from ..ops import dead_letters
 from ..outbox import store as outbox_store
-from .common import ReadOnlyMixin, json_block
+from .common import GuardedActionsMixin, ReadOnlyMixin, json_block
 
 
 def _requeue_dead(
@@ -38,7 +38,7 @@ def _requeue_dead(
 
 
 @admin.register(OutboxEvent)
-class OutboxEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class OutboxEventAdmin(GuardedActionsMixin, ReadOnlyMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "topic",
@@ -102,7 +102,7 @@ class OutboxEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(InboxMessage)
-class InboxMessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class InboxMessageAdmin(GuardedActionsMixin, ReadOnlyMixin, admin.ModelAdmin):
     list_display = [
         "consumer",
         "message_id",
@@ -132,7 +132,7 @@ class InboxMessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(IdempotencyKey)
-class IdempotencyKeyAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class IdempotencyKeyAdmin(GuardedActionsMixin, ReadOnlyMixin, admin.ModelAdmin):
     """Keys are evidence, not content: a stored body shows as its size only."""
 
     list_display = [

@@ -24,7 +24,13 @@ from ..ops import operations
 from ..saga import scans
 from ..saga.graph import mermaid
 from ..saga.registry import get_definition
-from .common import SHOWN_REFUSALS, ReadOnlyMixin, error_details, json_block
+from .common import (
+    SHOWN_REFUSALS,
+    GuardedActionsMixin,
+    ReadOnlyMixin,
+    error_details,
+    json_block,
+)
 
 
 class SagaStepInline(ReadOnlyMixin, admin.TabularInline):
@@ -49,6 +55,13 @@ class SagaStepInline(ReadOnlyMixin, admin.TabularInline):
         "timeline",
     ]
     readonly_fields = fields
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """A run's steps are part of the run: whoever may view the saga sees them
+        (read-only, as is the whole inline), without a ``view_sagastep`` grant."""
+        return request.user.has_perm("sagaflow.view_saga") or super().has_view_permission(
+            request, obj
+        )
 
     @admin.display(description="duration")
     def duration(self, step: SagaStep) -> str:
@@ -94,7 +107,7 @@ class StuckFilter(admin.SimpleListFilter):
 
 
 @admin.register(Saga)
-class SagaAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class SagaAdmin(GuardedActionsMixin, ReadOnlyMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "name",

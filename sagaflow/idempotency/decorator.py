@@ -35,8 +35,8 @@ from ..exceptions import (
 )
 from ..faults import fault_point, register_points
 from . import cache as replay_cache
-from . import store
-from .http import HEADER, problem_response, replay, stored_headers
+from . import record, store
+from .http import HEADER, problem_response, replay
 from .outcomes import COMPLETED, Claimed, ClaimOutcome, Existing, Reserved, Vanished
 from .policy import (
     ATOMIC,
@@ -201,8 +201,9 @@ def _answer(
         if isinstance(outcome, Existing) and outcome.state == COMPLETED:
             if outcome.body is None or outcome.status is None:
                 raise IdempotencyResponseNotStored(
-                    f"The request with {HEADER} {prepared.key!r} completed with a streaming "
-                    f"response, which is not stored; it will not run again."
+                    f"The request with {HEADER} {prepared.key!r} completed, but its response "
+                    f"was not stored (streaming, larger than IDEMPOTENCY_MAX_RESPONSE_BYTES, "
+                    f"or Cache-Control: no-store); it will not run again."
                 )
             if using is not None:
                 replay_cache.put(prepared.identity, using, outcome)
@@ -253,49 +254,6 @@ def _unavailable(error: Exception, using: str) -> HttpResponse:
     )
 
 
-def _render(request: Any, response: Any) -> Any:
-    """Render a lazy response now, so its body can be stored with the claim.
-
-    DRF's ``Response`` is finalised by the view (renderer chosen) after the
-    handler returns; we do that step early. Rendering twice is a no-op.
-    """
-    if not callable(getattr(response, "render", None)) or getattr(response, "is_rendered", True):
-        return response
-    context = getattr(request, "parser_context", None) or {}
-    view = context.get("view")
-    if view is not None and hasattr(view, "finalize_response"):
-        response = view.finalize_response(
-            request, response, *context.get("args", ()), **context.get("kwargs", {})
-        )
-    response.render()
-    return response
-
-
-def _record(claimed: Claimed | Reserved, response: HttpResponseBase) -> bool:
-    """Store the response; False if the key is no longer ours (nothing stored)."""
-    body = None if response.streaming else bytes(response.content)  # type: ignore[attr-defined]
-    if body is None:
-        logger.warning(
-            "idempotent view returned a streaming response: not stored, replays answer 409",
-            extra={"status": response.status_code},
-        )
-    if store.complete(
-        claimed, status=response.status_code, headers=stored_headers(response), body=body
-    ):
-        return True
-    if isinstance(claimed, Reserved):
-        logger.warning(
-            "idempotency key was recorded by an earlier request while this view ran; "
-            "this view's writes are rolled back and the stored response is returned"
-        )
-    else:
-        logger.warning(
-            "idempotency key was taken over while its view ran; response not stored "
-            "(raise SAGAFLOW['IDEMPOTENCY_LEASE'] above your request timeout)"
-        )
-    return False
-
-
 def _run_sync(
     prepared: Prepared, request: Any, view: Callable[..., Any], args: Any, kwargs: Any
 ) -> Any:
@@ -319,7 +277,7 @@ def _run_sync(
     # mode, taken over after the lease) or rolls back with the view (atomic mode).
     fault_point("idempotency.after_claim")
     try:
-        response = _render(request, view(*args, **kwargs))
+        response = record.render(request, view(*args, **kwargs))
     except Exception:
         # The view failed: the client will retry, so let it. In atomic mode the
         # exception rolls the claim back with the view's writes.
@@ -334,7 +292,12 @@ def _run_sync(
         else:
             store.release(outcome)
         return response
-    if not _record(outcome, response) and isinstance(outcome, Reserved):
+    body = record.storable_body(prepared, response)
+    if isinstance(body, record.NotStored):  # a 4xx: nothing was done, the key is free again
+        if not atomic_mode:
+            store.release(outcome)
+        return response
+    if not record.save(outcome, response, body) and isinstance(outcome, Reserved):
         # A claim-first holder of this key recorded its response while this view
         # ran: that one stands. Roll this view's writes back and answer as a retry.
         answer = _answer(prepared, store.lookup(prepared.identity, using=using), using=using)
@@ -364,8 +327,9 @@ async def _run_async(prepared: Prepared, view: Callable[..., Any], args: Any, kw
         await sync_to_async(store.release)(outcome)
         raise
     fault_point("idempotency.after_view")
-    if response.status_code >= 500:
+    body = record.storable_body(prepared, response) if response.status_code < 500 else None
+    if response.status_code >= 500 or isinstance(body, record.NotStored):
         await sync_to_async(store.release)(outcome)
         return response
-    await sync_to_async(_record)(outcome, response)
+    await sync_to_async(record.save)(outcome, response, body)
     return response

@@ -26,6 +26,9 @@ from ..exceptions import (
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
+#: Set on a response that was not stored for replay: ``<reason>;key=kept|released``
+#: (kept: replays answer 409; released: a retry runs the view again).
+NOT_STORED_HEADER = "Idempotent-Not-Stored"
 #: Never stored, whatever SAGAFLOW['IDEMPOTENCY_REPLAY_HEADERS'] says: replaying
 #: them would hand one client's session, CSRF token or credentials to a retry.
 NEVER_REPLAYED = frozenset(
@@ -39,6 +42,7 @@ NEVER_REPLAYED = frozenset(
         "x-csrftoken",
         "x-csrf-token",
         REPLAYED_HEADER.lower(),
+        NOT_STORED_HEADER.lower(),
     }
 )
 
