@@ -6,7 +6,8 @@ HTTP boundary it needs. Which module owns what:
 
 - ``policy``: the decorator's options, whose key it is (``user_scope``), and what
   a request asks, decided without the database;
-- ``decorator``: ``@idempotent`` and the claim, run, record flow around the view;
+- ``decorator``: ``@idempotent``, taking the key and running the view; ``record``:
+  what of the view's response is stored for replay (size, status, no-store);
 - ``http``: the header's grammar, the request's fingerprint, problem+json, replays;
 - ``store``: every read and write of ``IdempotencyKey``, through ``postgresql``
   (production's statements) or ``portable`` (the ORM, for SQLite); ``outcomes``:

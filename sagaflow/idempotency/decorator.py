@@ -1,7 +1,8 @@
 """``@idempotent``: the decorator, and the claim, run and store flow around a view.
 
 ``policy`` decides what a request asks without the database; this module takes
-the key (``store``), runs the view, and records or releases the key.
+the key (``store``), runs the view, and records its response (``record``) or
+releases the key.
 
 Mode, chosen per call: when a transaction is open on the keys' database the key
 is reserved inside it and written with the response when the view returns, in

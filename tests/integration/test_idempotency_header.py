@@ -15,6 +15,9 @@ import sys
 
 import pytest
 from django.test import Client
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from sagaflow.models import IdempotencyKey
 from tests.idempotency_views import MIDDLEWARE, recorder
@@ -180,3 +183,34 @@ def test_a_header_sent_twice_to_gunicorn_is_400_and_runs_nothing(server):
     assert status == 201, body
     assert list(IdempotencyKey.objects.values_list("key", flat=True)) == ["K1"]
     assert AtomicWrite.objects.count() == 1
+
+
+# --- any value, through the full stack (Hypothesis) ------------------------------------
+
+
+@hypothesis_settings(
+    database=None,
+    deadline=None,
+    max_examples=60,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    st.one_of(
+        st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=60),
+        st.text(alphabet=' ,;="\\*:abc019', max_size=30),
+    )
+)
+def test_any_header_value_is_answered_201_or_400_never_500(raw):
+    response = Client(raise_request_exception=False).post(
+        "/server/orders/",
+        data=b"{}",
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY=raw,
+        HTTP_X_TENANT="t1",
+    )
+    if response.status_code == 400:
+        problem(response, 400, "idempotency-key-invalid")
+        return
+    assert response.status_code == 201, (raw, response.content)
+    key = response.json()["key"]
+    assert IdempotencyKey.objects.filter(scope="t1", key=key).exists()
