@@ -109,6 +109,12 @@ class ShopView(APIView):
     parser_classes = [JSONParser]
     renderer_classes = [JSONRenderer]
     content_negotiation_class = AlwaysJSON
+    #: No OPTIONS self-description (DRF's would list the view's docstring): 405.
+    metadata_class = None
+
+    @property
+    def allowed_methods(self) -> list[str]:
+        return [method for method in super().allowed_methods if method != "OPTIONS"]
 
     def get_exception_handler(self):
         return problem_from_exception

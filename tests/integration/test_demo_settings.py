@@ -154,9 +154,22 @@ def test_the_dockerfile_runs_the_server_profile_with_everything_it_imports():
     assert "DJANGO_SETTINGS_MODULE=demo_shop.settings_production" in dockerfile
     assert "'.[demo]'" in dockerfile
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def requirements(extra: str) -> list[str]:
+        """The extra's requirements, its ``sagaflow[...]`` references expanded."""
+        found = []
+        for requirement in extras[extra]:
+            if requirement.startswith("sagaflow["):
+                inner = requirement[len("sagaflow[") : requirement.index("]")]
+                found += [r for name in inner.split(",") for r in requirements(name.strip())]
+            else:
+                found.append(requirement)
+        return found
+
     wanted = {
         re.split(r"[\[<>=!~ ]", requirement, maxsplit=1)[0].lower()
-        for requirement in project["dependencies"] + project["optional-dependencies"]["demo"]
+        for requirement in project["dependencies"] + requirements("demo")
     }
     distributions = importlib.metadata.packages_distributions()
     for app in settings.INSTALLED_APPS:

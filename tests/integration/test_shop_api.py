@@ -120,6 +120,17 @@ def test_key_is_required_and_json_is_required():
     _nothing_written()
 
 
+@pytest.mark.parametrize("method", ["get", "put", "delete", "options"])
+def test_other_methods_are_refused_as_problems(method):
+    fresh_shop()
+    response = getattr(shopper(), method)("/api/checkout", HTTP_IDEMPOTENCY_KEY="k")
+    assert response.status_code == 405
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["code"] == "method-not-allowed"
+    assert response["Allow"] == "POST"
+    _nothing_written()
+
+
 def test_out_of_stock_is_a_clear_refusal_and_writes_nothing():
     fresh_shop(stock=2)
     response = post_checkout(order_body("a@b.example", "orchestrated", quantity=3))
