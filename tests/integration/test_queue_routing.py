@@ -143,3 +143,24 @@ def test_local_steps_continue_only_on_the_same_queue(
         (_step(saga, 0).pk, "forward", None),
         (_step(saga, 2).pk, "forward", "payments"),
     ]
+
+
+def test_a_retry_delivered_early_is_sent_again_to_its_queue(
+    sent, start, django_capture_on_commit_callbacks
+):
+    definition = _define()
+    tries = {"n": 0}
+
+    def charge(ctx):
+        tries["n"] += 1
+        if tries["n"] == 1:
+            raise RuntimeError("provider hiccup")
+
+    definition.step(name="charge", queue="payments", retry=Retry(attempts=3, backoff=5))(charge)
+    saga = start(definition)
+    step_id = _step(saga, 0).pk
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.execute(step_id, "forward")  # fails; the retry waits ~5 s on a countdown
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.execute(step_id, "forward")  # delivered before its countdown ran out
+    assert sent == [(step_id, "forward", "payments")] * 3 and tries["n"] == 1
