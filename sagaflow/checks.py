@@ -13,21 +13,32 @@ Stable ids, so a project can silence one deliberately:
 - ``sagaflow.E004``: ``settings.SAGAFLOW`` is not a dict, or has a key that names no
   setting (a typo: the default would be used silently).
 - ``sagaflow.W005``: SQLite outside DEBUG (no row locks, no SKIP LOCKED).
+- ``sagaflow.W006``: two versions of one saga are identical (a new version was
+  defined, but its steps, their options and their code are the old one's).
+- ``sagaflow.W007``: a version's steps were changed in place: live runs of it were
+  started with other steps (a database check: ``migrate`` and
+  ``check --database default`` run it). Those runs wait for their code.
+- ``sagaflow.W008``: live runs of a version this code does not define (a database
+  check too); they wait until it is deployed again.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
-from django.db import connections
+from django.db import DatabaseError, connections, router
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from .conf import conf, unknown_keys
 from .exceptions import ConfigurationError
-from .saga.registry import all_definitions
+from .models import Saga
+from .saga import scans
+from .saga.definition import SagaDefinition, StepFunction
+from .saga.registry import all_versions, versions_of
 
 MIDDLEWARE = "sagaflow.middleware.IdempotencyMiddleware"
 AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
@@ -112,7 +123,7 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 def _longest_lease() -> tuple[float, str]:
     longest, where = 0.0, ""
     default = float(conf.DEFAULT_STEP_TIMEOUT)
-    for definition in all_definitions().values():
+    for definition in all_versions():
         for step in definition.steps:
             timeouts = [step.timeout or default]
             if step.compensation_def is not None:
@@ -222,3 +233,118 @@ def check_database(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
             id="sagaflow.W005",
         )
     ]
+
+
+def _code(fn: StepFunction) -> Any:
+    """What a function does, without where it is written: its bytecode, names and
+    constants (nested functions alike), so a copy of a function is the same code."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return fn
+    return _code_object(code)
+
+
+def _code_object(code: Any) -> tuple:
+    consts = tuple(_code_object(c) if hasattr(c, "co_code") else c for c in code.co_consts)
+    return (code.co_code, code.co_names, code.co_varnames, consts)
+
+
+def _shape(definition: SagaDefinition) -> tuple:
+    """Everything a version of a saga is made of except its number."""
+    steps = []
+    for step in definition.steps:
+        compensation = step.compensation_def
+        steps.append(
+            (
+                step.name,
+                _code(step.fn),
+                step.retry,
+                step.timeout,
+                step.atomic,
+                step.compensate_on_failure,
+                step.queue,
+                None
+                if compensation is None
+                else (
+                    _code(compensation.fn),
+                    compensation.retry,
+                    compensation.timeout,
+                    compensation.queue,
+                ),
+            )
+        )
+    return (definition.deadline, definition.local_steps, tuple(steps))
+
+
+@register(Tags.compatibility)
+def check_versions(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """Two versions of one saga that are the same: a new version was probably
+    meant to change something (or the old one was copied and never edited)."""
+    by_name: dict[str, list[SagaDefinition]] = defaultdict(list)
+    for definition in all_versions():
+        by_name[definition.name].append(definition)
+    problems = []
+    for name, definitions in by_name.items():
+        seen: dict[tuple, int] = {}
+        for definition in definitions:
+            shape = _shape(definition)
+            earlier = seen.setdefault(shape, definition.version)
+            if earlier != definition.version:
+                problems.append(
+                    Warning(
+                        f"Versions {earlier} and {definition.version} of saga {name!r} are "
+                        f"identical: same steps, options and code.",
+                        hint=f"Change version {definition.version}'s steps, or remove it "
+                        f"(new runs start on the highest version; keep an old version "
+                        f"only while its runs are in flight).",
+                        obj=definition.module,
+                        id="sagaflow.W006",
+                    )
+                )
+    return problems
+
+
+@register(Tags.database)
+def check_live_versions(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[Warning]:
+    """Live runs whose version's code is gone, or whose version's steps were
+    changed in place since they started (their stored fingerprint differs)."""
+    alias = router.db_for_read(Saga)
+    if not databases or alias not in databases:
+        return []
+    try:
+        live = scans.live_versions()
+    except DatabaseError:  # not migrated yet (``migrate`` runs the checks first)
+        return []
+    problems = []
+    for group in live:
+        versions = versions_of(group.name)
+        definition = versions.get(group.version)
+        if definition is None:
+            have = ", ".join(str(v) for v in versions) or "none"
+            problems.append(
+                Warning(
+                    f"{group.runs} live run(s) of saga {group.name!r} are version "
+                    f"{group.version}, which this code does not define (versions: {have}). "
+                    f"They wait: needs the code of version {group.version} of {group.name}.",
+                    hint=f"Keep sagaflow.define({group.name!r}, version={group.version}) and "
+                    f"its steps deployed until its runs have ended.",
+                    id="sagaflow.W008",
+                )
+            )
+        elif group.steps_fingerprint and group.steps_fingerprint != definition.fingerprint:
+            stored = scans.step_names_of_a_run(group.name, group.version, group.steps_fingerprint)
+            problems.append(
+                Warning(
+                    f"Version {group.version} of saga {group.name!r} was changed in place: "
+                    f"{group.runs} live run(s) of it started with the steps {stored}, the "
+                    f"code now has {[s.name for s in definition.steps]}. They wait: needs "
+                    f"the code of version {group.version} of {group.name}.",
+                    hint=f"Restore version {group.version}'s steps, and define the new steps "
+                    f"as version {max(versions) + 1}.",
+                    obj=definition.module,
+                    id="sagaflow.W007",
+                )
+            )
+    return problems

@@ -138,6 +138,10 @@ class Defaults:
     #: Seconds one ``sagaflow.relay_outbox`` task drains before handing over to a
     #: fresh task, so a worker slot is not held forever under sustained load.
     OUTBOX_TASK_TIME_BUDGET: float = 20.0
+    #: Finished runs (completed, compensated, and failed ones a person resolved)
+    #: are deleted with their steps this many seconds after they ended or were
+    #: resolved (30 days). Failed runs nobody resolved are kept.
+    SAGA_RETENTION: float = 30 * 86400.0
     #: Published events and processed inbox rows are kept this long (7 days).
     OUTBOX_RETENTION: float = 7 * 86400.0
     INBOX_RETENTION: float = 7 * 86400.0

@@ -47,6 +47,22 @@ class Saga(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
+    #: The version of its definition the run started with; it only ever runs the
+    #: steps of that version (``sagaflow.define(name, version=N)``).
+    version = models.PositiveIntegerField(default=1, db_default=1)
+    #: The fingerprint of that version's step names when the run started
+    #: (``definition.steps_fingerprint``): the run goes on only while the code of
+    #: its version has exactly these steps.
+    steps_fingerprint = models.CharField(max_length=64, blank=True, default="", db_default="")
+    #: Set while the run waits for the code of its version, which this deploy
+    #: removed or changed: it neither goes on nor is compensated until that code
+    #: is back. ``error`` then starts with "needs the code of version N of <name>".
+    needs_code_since = models.DateTimeField(null=True, blank=True)
+    #: A person resolved this failed run (``sagaflow.ops.resolve``): when, who and
+    #: why. It no longer needs attention and ages out after ``SAGA_RETENTION``.
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.CharField(max_length=150, blank=True, default="", db_default="")
+    resolution_note = models.TextField(blank=True, default="", db_default="")
 
     class Meta:
         ordering = ["-created_at"]
@@ -65,10 +81,29 @@ class Saga(models.Model):
                 name="sagaflow_saga_live_deadline",
             ),
             models.Index(fields=["state", "updated_at"], name="sagaflow_saga_state_updated"),
+            # Retention (the janitor): finished runs by age, resolved failed runs by
+            # the time they were resolved.
+            models.Index(
+                fields=["finished_at"],
+                condition=Q(state__in=["completed", "compensated"]),
+                name="sagaflow_saga_finished",
+            ),
+            models.Index(
+                fields=["resolved_at"],
+                condition=Q(resolved_at__isnull=False),
+                name="sagaflow_saga_resolved",
+            ),
+            # Runs waiting for the code of their version (status, admin, sweeper).
+            models.Index(
+                fields=["needs_code_since"],
+                condition=Q(needs_code_since__isnull=False),
+                name="sagaflow_saga_needs_code",
+            ),
         ]
         permissions = [
             ("retry_saga", "Can retry a saga"),
             ("compensate_saga", "Can compensate a saga"),
+            ("resolve_saga", "Can resolve a failed saga"),
         ]
 
     def __str__(self) -> str:
@@ -77,6 +112,10 @@ class Saga(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_SAGA_STATES
+
+    @property
+    def is_resolved(self) -> bool:
+        return self.resolved_at is not None
 
 
 class SagaStep(models.Model):

@@ -64,6 +64,7 @@ def drive(saga: Saga, *, limit: int | None = None, max_attempts: int = 1000) -> 
 
     Retry waits are skipped (the due time is moved to now). A step whose lease is
     held (a crash left it running) is left alone: call :func:`expire_leases` first.
+    A run that waits for the code of its version stops there (``needs_code_since``).
     With ``limit``, stop after that many attempts (to look at a run mid-way).
     """
     budget = limit if limit is not None else max_attempts
@@ -75,6 +76,8 @@ def drive(saga: Saga, *, limit: int | None = None, max_attempts: int = 1000) -> 
             SagaStep.objects.filter(pk=step.pk).update(due_at=Now())
             phase = store.FORWARD if step.state == StepState.PENDING else store.COMPENSATE
             engine.execute(step.pk, phase)
+            if Saga.objects.filter(pk=saga.pk, needs_code_since__isnull=False).exists():
+                break  # waiting for its code: nothing more happens until it is back
         else:
             if limit is None:
                 raise AssertionError(

@@ -93,9 +93,20 @@ class Process:
 
 
 class Worker(Process):
-    """A ``celery worker`` (prefork) subprocess; stop() or kill() it, or SIGKILL a child."""
+    """A ``celery worker`` (prefork) subprocess; stop() or kill() it, or SIGKILL a child.
 
-    def __init__(self, *, concurrency: int = 2, env: dict[str, str] | None = None) -> None:
+    ``queues``: consume only these (``-Q``); by default Celery's default queue.
+    Its children share its process group, so ``os.getpgid(pid) == worker.pid`` says
+    which worker a recorded ``Call.pid`` belongs to.
+    """
+
+    def __init__(
+        self,
+        *,
+        concurrency: int = 2,
+        env: dict[str, str] | None = None,
+        queues: tuple[str, ...] = (),
+    ) -> None:
         self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
         command = [
             sys.executable,
@@ -112,6 +123,7 @@ class Worker(Process):
             "--without-heartbeat",
             "-n",
             self.name,
+            *(["-Q", ",".join(queues)] if queues else []),
         ]
         super().__init__(command, env=env or {}, prefix="worker")
         wait_until(self._ready, timeout=60, what="the celery worker to be ready")
@@ -119,6 +131,10 @@ class Worker(Process):
     def _ready(self) -> bool:
         self.exited_early("worker")
         return b"ready." in self.log.read_bytes()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def stop(self) -> None:
         self.close()

@@ -56,6 +56,28 @@ class OutboxCollector:
         yield GaugeMetricFamily(*self.LAG, value=backlog["oldest_pending_seconds"])
 
 
+class SagaCollector:
+    """Runs that need a person, read at scrape time: failed ones nobody resolved,
+    and live ones waiting for the code of their version. Alert on either > 0."""
+
+    ATTENTION = (
+        "sagaflow_sagas_needing_attention",
+        "Runs that need a person, by reason: failed (not resolved) or needs_code.",
+    )
+
+    def describe(self) -> Any:
+        yield GaugeMetricFamily(*self.ATTENTION, labels=["reason"])
+
+    def collect(self) -> Any:
+        from ..saga import scans
+        from .health import waiting_for_code
+
+        attention = GaugeMetricFamily(*self.ATTENTION, labels=["reason"])
+        attention.add_metric(["failed"], scans.failed_unresolved())
+        attention.add_metric(["needs_code"], sum(g["runs"] for g in waiting_for_code()))
+        yield attention
+
+
 def _step(outcome: str):
     def receiver(
         sender: Any, saga: Any, step: str, phase: str, duration: float = 0.0, **kwargs: Any
@@ -84,17 +106,17 @@ _RECEIVERS = [
     (signals.saga_compensated, _finished("compensated")),
     (signals.saga_failed, _finished("failed")),
 ]
-_collector: OutboxCollector | None = None
+_collectors: list[Any] = []
 
 
 def install() -> bool:
     """Connect the metrics to the signals (idempotent); False without prometheus_client."""
-    global _collector
     if prometheus_client is None:
         return False
     for signal, receiver in _RECEIVERS:
         signal.connect(receiver, dispatch_uid=f"sagaflow.metrics.{id(receiver)}")
-    if _collector is None:
-        _collector = OutboxCollector()
-        prometheus_client.REGISTRY.register(_collector)
+    if not _collectors:
+        _collectors.extend([OutboxCollector(), SagaCollector()])
+        for collector in _collectors:
+            prometheus_client.REGISTRY.register(collector)
     return True

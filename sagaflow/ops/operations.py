@@ -1,4 +1,4 @@
-"""What an operator may do to a run: retry it, or compensate it now.
+"""What an operator may do to a run: retry it, compensate it now, or resolve it.
 
 Admin actions and management commands call these; each one locks the run's row,
 re-checks its state and either acts or raises :class:`ActionRefused` with the
@@ -9,9 +9,12 @@ refused, so the step runs once.
 
 from __future__ import annotations
 
+import logging
 import uuid
+from typing import Any
 
 from django.db import transaction
+from django.db.models.functions import Now
 
 from ..conf import conf
 from ..exceptions import ActionRefused, DefinitionMismatchError, UnknownSagaError
@@ -21,9 +24,12 @@ from ..saga.attempts import (
     COMPENSATE,
     FORWARD,
     Outcome,
-    resolve,
+    definition_of,
+    log_extra,
 )
-from ..saga.registry import get_definition
+from ..saga.attempts import (
+    resolve as resolve_step,
+)
 from ..saga.transitions import (
     abandon,
     compensation_failed,
@@ -31,7 +37,12 @@ from ..saga.transitions import (
     schedule_attempt,
 )
 
-__all__ = ["ActionRefused", "compensate", "retry"]
+__all__ = ["ActionRefused", "compensate", "resolve", "retry"]
+
+logger = logging.getLogger("sagaflow.ops")
+
+#: Longest note kept with a resolved run.
+NOTE_MAX_LENGTH = 4000
 
 
 def _locked(saga_id: uuid.UUID | str) -> Saga:
@@ -43,7 +54,7 @@ def _locked(saga_id: uuid.UUID | str) -> Saga:
 
 def _step_definition(saga: Saga, step: SagaStep):
     try:
-        return resolve(saga, step)[1]
+        return resolve_step(saga, step)[1]
     except (UnknownSagaError, DefinitionMismatchError) as exc:
         raise ActionRefused(f"Cannot retry saga {saga.id}: {exc}") from None
 
@@ -61,6 +72,13 @@ def retry(saga_id: uuid.UUID | str) -> str:
         saga = _locked(saga_id)
         if saga.state in (SagaState.COMPLETED, SagaState.COMPENSATED):
             raise ActionRefused(f"Saga {saga.id} is {saga.state}: a finished run is not retried.")
+        if saga.resolved_at is not None:
+            raise ActionRefused(
+                f"Saga {saga.id} was resolved by {saga.resolved_by or 'a script'} on "
+                f"{saga.resolved_at:%Y-%m-%d %H:%M:%S} UTC ({saga.resolution_note}); a "
+                f"resolved run is not retried."
+            )
+        waited_for_code = _code_is_back(saga, "retry")
         steps = store.steps_of(saga)
         if saga.state == SagaState.FAILED:
             return _retry_failed(saga, steps)
@@ -76,7 +94,20 @@ def retry(saga_id: uuid.UUID | str) -> str:
         waiting = next((s for s in steps if s.due_at is not None), None)
         if waiting is None:
             raise ActionRefused(f"Saga {saga.id} is {saga.state} with nothing to resume.")
-        return _send_now(saga, waiting)
+        return _send_now(saga, waiting, turned_away=waited_for_code)
+
+
+def _code_is_back(saga: Saga, what: str) -> bool:
+    """For a run that waited for its code: refuse while it is still missing; once it
+    is back, drop the flag (the operator's action goes on). Returns whether it waited."""
+    if saga.needs_code_since is None:
+        return False
+    try:
+        definition_of(saga)
+    except (UnknownSagaError, DefinitionMismatchError) as exc:
+        raise ActionRefused(f"Cannot {what} saga {saga.id}: {exc}") from None
+    store.code_is_back(saga)
+    return True
 
 
 def _retry_failed(saga: Saga, steps: list[SagaStep]) -> str:
@@ -119,9 +150,12 @@ def _retry_stalled(saga: Saga, step: SagaStep) -> str:
     return f"step {step.name!r} had lost its worker; its attempts are used up, so {saga.state}"
 
 
-def _send_now(saga: Saga, step: SagaStep) -> str:
+def _send_now(saga: Saga, step: SagaStep, *, turned_away: bool = False) -> str:
     now = step.db_now  # type: ignore[attr-defined]
-    if step.dispatched_at is not None and step.due_at is not None and step.due_at <= now:
+    # A run that waited for its code had its message turned away: the code being
+    # back (checked by the caller), it is sent now, not at the sweeper's next look.
+    sent = step.dispatched_at is not None and not turned_away
+    if sent and step.due_at is not None and step.due_at <= now:
         age = max(0.0, (now - step.dispatched_at).total_seconds())
         if age < conf.REDISPATCH_AFTER:
             raise ActionRefused(
@@ -142,8 +176,49 @@ def compensate(saga_id: uuid.UUID | str) -> str:
                 f"Saga {saga.id} is {saga.state}: only a running saga can be compensated."
             )
         try:
-            definition = get_definition(saga.name)
-        except UnknownSagaError as exc:
+            definition = definition_of(saga)
+        except (UnknownSagaError, DefinitionMismatchError) as exc:
             raise ActionRefused(f"Cannot compensate saga {saga.id}: {exc}") from None
+        store.code_is_back(saga)
         abandon(saga, definition, "compensation requested by an operator")
         return f"compensating ({saga.state})"
+
+
+def resolve(saga_id: uuid.UUID | str, note: str, user: Any = None) -> str:
+    """Record that a person dealt with a ``failed`` run, and why.
+
+    ``note`` says what was done (required); ``user`` is the Django user who did it,
+    or None from a script. The run stays ``failed``, with its steps as they were;
+    it no longer counts as needing attention (``sagaflow status``, the metrics),
+    is not retried any more, and is deleted after ``SAGA_RETENTION`` like the runs
+    that finished. Refused for a run that is not failed or is resolved already.
+    """
+    if not isinstance(note, str) or not note.strip():
+        raise ActionRefused(
+            "A note saying why the run is resolved is required (what was done by hand)."
+        )
+    note = note.strip()
+    if len(note) > NOTE_MAX_LENGTH:
+        raise ActionRefused(
+            f"The note is {len(note)} characters long; keep it under {NOTE_MAX_LENGTH}."
+        )
+    by = user.get_username() if user is not None and user.is_authenticated else ""
+    with transaction.atomic():
+        saga = _locked(saga_id)
+        if saga.state != SagaState.FAILED:
+            raise ActionRefused(
+                f"Saga {saga.id} is {saga.state}: only a failed run can be resolved."
+            )
+        if saga.resolved_at is not None:
+            raise ActionRefused(
+                f"Saga {saga.id} was resolved already, by {saga.resolved_by or 'a script'} "
+                f"on {saga.resolved_at:%Y-%m-%d %H:%M:%S} UTC: {saga.resolution_note}"
+            )
+        saga.resolved_at = Now()
+        saga.resolved_by = by
+        saga.resolution_note = note
+        store.save_saga(saga, "resolved_at", "resolved_by", "resolution_note")
+        logger.warning(
+            "failed saga resolved by %s: %s", by or "a script", note, extra=log_extra(saga)
+        )
+    return f"resolved by {by or 'a script'}: {note}"

@@ -14,12 +14,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..conf import conf
-from ..exceptions import DefinitionMismatchError
+from ..exceptions import DefinitionMismatchError, UnknownSagaError
 from ..models import Saga, SagaStep
 from ..retry import Retry
 from . import store
 from .definition import SagaDefinition, StepDefinition
-from .registry import get_definition
+from .registry import get_definition, needs_code, versions_of
 
 FORWARD, COMPENSATE = store.FORWARD, store.COMPENSATE
 
@@ -41,18 +41,65 @@ class Outcome:
         return not self.error
 
 
+def definition_of(saga: Saga) -> SagaDefinition:
+    """The code of the run's own version, provided it still has the run's steps.
+
+    Raises :class:`UnknownSagaError` when this process lacks that version, and
+    :class:`DefinitionMismatchError` when its steps were changed in place since the
+    run started (the fingerprint stored with the run differs). Both messages start
+    with "needs the code of version N of <name>": the run waits for that code.
+    """
+    definition = get_definition(saga.name, saga.version)
+    if saga.steps_fingerprint and saga.steps_fingerprint != definition.fingerprint:
+        stored = list(
+            SagaStep.objects.filter(saga_id=saga.pk)
+            .order_by("index")
+            .values_list("name", flat=True)
+        )
+        raise DefinitionMismatchError(
+            f"{needs_code(saga.name, saga.version)}: run {saga.id} started with the steps "
+            f"{stored}, but this code's version {saga.version} has "
+            f"{[s.name for s in definition.steps]}. A version's steps must not change "
+            f"while its runs are in flight: restore them, and define the new steps as "
+            f"version {max(versions_of(saga.name)) + 1}."
+        )
+    return definition
+
+
 def resolve(saga: Saga, step: SagaStep) -> tuple[SagaDefinition, StepDefinition]:
-    definition = get_definition(saga.name)
+    """The definition and step definition that run ``step`` of ``saga``.
+
+    Raises as :func:`definition_of` does, and also when the stored step is not the
+    code's step at its index (a run from before fingerprints were stored).
+    """
+    definition = definition_of(saga)
     code_names = [s.name for s in definition.steps]
     if step.index >= len(code_names) or code_names[step.index] != step.name:
         found = code_names[step.index] if step.index < len(code_names) else "nothing"
         raise DefinitionMismatchError(
-            f"Saga {saga.name!r} run {saga.id}: stored step {step.index} is {step.name!r} "
-            f"but the code's step {step.index} is {found!r} (code steps: {code_names}). "
-            f"The definition changed while this run was in flight; the run was stopped "
-            f"rather than run the wrong step. Keep old step names until in-flight runs end."
+            f"{needs_code(saga.name, saga.version)}: run {saga.id}'s step {step.index} is "
+            f"{step.name!r} but this code's step {step.index} is {found!r} (code steps: "
+            f"{code_names}). Restore the steps of version {saga.version} until its runs end."
         )
     return definition, definition.steps[step.index]
+
+
+def queue_of(step_def: StepDefinition, phase: str) -> str | None:
+    """The Celery queue named for this attempt: the compensation's own, else its
+    step's; None leaves it to ``SAGAFLOW["QUEUE"]``, then Celery's default."""
+    compensation = step_def.compensation_def
+    if phase == COMPENSATE and compensation is not None and compensation.queue:
+        return compensation.queue
+    return step_def.queue
+
+
+def queue_for(saga: Saga, step: SagaStep, phase: str) -> str | None:
+    """:func:`queue_of` for a stored step, or None when its code is missing (the
+    claim then makes the run wait, wherever the message went)."""
+    try:
+        return queue_of(resolve(saga, step)[1], phase)
+    except (UnknownSagaError, DefinitionMismatchError):
+        return None
 
 
 #: Longest error kept per attempt in ``SagaStep.history`` (the last one is in ``error``).

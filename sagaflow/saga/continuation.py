@@ -7,7 +7,9 @@ record: a lease with a fresh token and a counted attempt, exactly what a claim i
 new task would write. So the one commit that records step *n* also claims step
 *n+1*, and a worker that dies after that commit leaves a leased step behind that
 the sweeper recovers like any other. Only the engine's own execute loop accepts an
-offer; the sweeper and operators, which have no step running, always send.
+offer; the sweeper and operators, which have no step running, always send. An
+attempt whose messages go to another queue than the running one's is sent too:
+its queue names the workers that must run it.
 """
 
 from __future__ import annotations
@@ -30,25 +32,32 @@ class LocalAttempt:
     attempt: int
 
 
-_slot: ContextVar[list[LocalAttempt] | None] = ContextVar("sagaflow_local_slot", default=None)
+_slot: ContextVar[tuple[str | None, list[LocalAttempt]] | None] = ContextVar(
+    "sagaflow_local_slot", default=None
+)
 
 
 @contextlib.contextmanager
-def accepting() -> Iterator[list[LocalAttempt]]:
-    """Accept at most one offered attempt while the block runs; read it after commit."""
+def accepting(queue: str | None = None) -> Iterator[list[LocalAttempt]]:
+    """Accept at most one offered attempt for ``queue`` (the running attempt's) while
+    the block runs; read it after commit."""
     slot: list[LocalAttempt] = []
-    token = _slot.set(slot)
+    token = _slot.set((queue, slot))
     try:
         yield slot
     finally:
         _slot.reset(token)
 
 
-def offer(step: SagaStep, state: str, phase: str, lease_seconds: float) -> bool:
-    """Claim ``step`` for the running task if one is accepting; False: send it instead."""
-    slot = _slot.get()
-    if slot is None or slot:
+def offer(
+    step: SagaStep, state: str, phase: str, lease_seconds: float, queue: str | None = None
+) -> bool:
+    """Claim ``step`` for the running task if one is accepting attempts of ``queue``;
+    False: send it instead."""
+    accepted = _slot.get()
+    if accepted is None or accepted[0] != queue or accepted[1]:
         return False
+    slot = accepted[1]
     token = uuid.uuid4()
     attempt = store.claim(step, phase, token, lease_seconds, state=state)
     slot.append(LocalAttempt(step, phase, token, attempt))

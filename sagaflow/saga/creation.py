@@ -28,8 +28,13 @@ def insert_run(
     correlation_id: str | None,
     deadline: timedelta | None,
     step_names: Sequence[str],
+    version: int = 1,
+    steps_fingerprint: str = "",
 ) -> tuple[Saga, int | None]:
     """Insert a run and its steps; returns it with its first step's id (due now).
+
+    ``version`` and ``steps_fingerprint`` are those of the definition it runs: the
+    run keeps to that version's steps for its whole life.
 
     With a ``key`` already used for ``name`` the existing run comes back with
     ``None``: nothing was inserted. The unique constraint on (name, key) makes
@@ -39,11 +44,21 @@ def insert_run(
     saga_id = uuid.uuid4()
     if rows.native():
         return _insert_run_native(
-            saga_id, name, key, data, correlation_id or str(saga_id), deadline, step_names
+            saga_id,
+            name,
+            key,
+            data,
+            correlation_id or str(saga_id),
+            deadline,
+            step_names,
+            version,
+            steps_fingerprint,
         )
     fields = {
         "id": saga_id,
         "name": name,
+        "version": version,
+        "steps_fingerprint": steps_fingerprint,
         "key": key,
         "data": data,
         "correlation_id": correlation_id or str(saga_id),
@@ -80,10 +95,11 @@ def insert_run(
 _INSERT_RUN = """
 WITH s AS (
     INSERT INTO sagaflow_saga (id, name, key, state, data, results, correlation_id,
-        current_step, deadline_at, created_at, updated_at, finished_at, error)
+        current_step, deadline_at, created_at, updated_at, finished_at, error, version,
+        steps_fingerprint)
     VALUES (%(id)s, %(name)s, %(key)s, 'running', %(data)s, '{}'::jsonb, %(correlation_id)s,
         0, STATEMENT_TIMESTAMP() + %(deadline)s * interval '1 second', STATEMENT_TIMESTAMP(),
-        STATEMENT_TIMESTAMP(), NULL, '')
+        STATEMENT_TIMESTAMP(), NULL, '', %(version)s, %(fingerprint)s)
     ON CONFLICT (name, key) WHERE key IS NOT NULL DO NOTHING
     RETURNING id, deadline_at, created_at
 ), st AS (
@@ -109,10 +125,14 @@ def _insert_run_native(
     correlation_id: str,
     deadline: timedelta | None,
     step_names: Sequence[str],
+    version: int,
+    steps_fingerprint: str,
 ) -> tuple[Saga, int | None]:
     params = {
         "id": saga_id,
         "name": name,
+        "version": version,
+        "fingerprint": steps_fingerprint,
         "key": key,
         "data": Saga._meta.get_field("data").get_db_prep_save(data, connection),
         "correlation_id": correlation_id,
@@ -135,6 +155,8 @@ def _insert_run_native(
         deadline_at=deadline_at,
         created_at=now,
         updated_at=now,
+        version=version,
+        steps_fingerprint=steps_fingerprint,
     )
     saga._state.adding = False
     saga._state.db = connection.alias

@@ -8,10 +8,11 @@ imported, not in a worker at three in the morning.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, overload
@@ -89,6 +90,39 @@ def _check_timeout(timeout: object, where: str) -> float | None:
     return float(timeout)
 
 
+def _check_queue(queue: object, where: str) -> str | None:
+    if queue is None:
+        return None
+    if not isinstance(queue, str) or not 0 < len(queue) <= 200 or queue != queue.strip():
+        raise DefinitionError(
+            f"{where}: queue={queue!r} must be a Celery queue name (1 to 200 characters, "
+            f"no surrounding spaces), or None for SAGAFLOW['QUEUE'] / Celery's default."
+        )
+    return queue
+
+
+#: Largest version number (it is stored in a PostgreSQL integer column).
+MAX_VERSION = 2**31 - 1
+
+
+def _check_version(version: object, name: str) -> int:
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= MAX_VERSION:
+        raise DefinitionError(
+            f"Saga {name!r}: version={version!r} must be a whole number from 1 to "
+            f"{MAX_VERSION}; start at 1 and add 1 for each change of its steps."
+        )
+    return version
+
+
+def steps_fingerprint(step_names: Sequence[str]) -> str:
+    """A digest of a version's step names, in order; stored with each run.
+
+    Two deploys of one version must have the same steps: a run compares this with
+    the code's before it goes on, and the system checks compare it for live runs.
+    """
+    return hashlib.sha256("\n".join(step_names).encode()).hexdigest()
+
+
 def _check_retry(retry: object, where: str) -> Retry | None:
     if retry is not None and not isinstance(retry, Retry):
         raise DefinitionError(
@@ -102,6 +136,8 @@ class Compensation:
     fn: StepFunction
     retry: Retry | None
     timeout: float | None
+    #: Celery queue of the compensation's messages; None: its step's queue.
+    queue: str | None = None
 
 
 @dataclass
@@ -119,6 +155,9 @@ class StepDefinition:
     #: it may have acted before failing, like a charge that timed out after the
     #: money moved. Its compensation must then cope with "nothing to undo".
     compensate_on_failure: bool = False
+    #: Celery queue of this step's messages (first send, retries, the sweeper's
+    #: resends); None: ``SAGAFLOW["QUEUE"]``, then Celery's default queue.
+    queue: str | None = None
     compensation_def: Compensation | None = field(default=None, repr=False)
 
     def __call__(self, ctx: Context) -> Any:
@@ -129,7 +168,11 @@ class StepDefinition:
     def compensation(self, fn: StepFunction) -> StepFunction: ...
     @overload
     def compensation(
-        self, *, retry: Retry | None = None, timeout: float | timedelta | None = None
+        self,
+        *,
+        retry: Retry | None = None,
+        timeout: float | timedelta | None = None,
+        queue: str | None = None,
     ) -> Callable[[StepFunction], StepFunction]: ...
 
     def compensation(
@@ -138,8 +181,12 @@ class StepDefinition:
         *,
         retry: Retry | None = None,
         timeout: float | timedelta | None = None,
+        queue: str | None = None,
     ) -> Any:
-        """Register the function that undoes this step; it runs in reverse order."""
+        """Register the function that undoes this step; it runs in reverse order.
+
+        Its messages go to ``queue``, or to its step's queue when it names none.
+        """
         where = f"compensation of step {self.name!r} of saga {self.saga.name!r}"
 
         def register(func: StepFunction) -> StepFunction:
@@ -149,6 +196,7 @@ class StepDefinition:
                 fn=_check_function(where, func),
                 retry=_check_retry(retry, where),
                 timeout=_check_timeout(timeout, where),
+                queue=_check_queue(queue, where),
             )
             return func
 
@@ -160,12 +208,24 @@ class StepDefinition:
 
 
 class SagaDefinition:
-    """A named sequence of steps; create it with :func:`sagaflow.define`."""
+    """A named, versioned sequence of steps; create it with :func:`sagaflow.define`.
+
+    A run records the version it was started with and only ever runs that
+    version's steps, so several versions of one name live side by side while the
+    runs of the older ones finish.
+    """
 
     def __init__(
-        self, name: str, *, deadline: timedelta | None, module: str, local_steps: bool = False
+        self,
+        name: str,
+        *,
+        deadline: timedelta | None,
+        module: str,
+        local_steps: bool = False,
+        version: int = 1,
     ) -> None:
         self.name = _check_name("Saga", name)
+        self.version = _check_version(version, name)
         if not isinstance(local_steps, bool):
             raise DefinitionError(
                 f"Saga {name!r}: local_steps={local_steps!r} must be True or False."
@@ -180,9 +240,24 @@ class SagaDefinition:
         self.module = module
         self.local_steps = local_steps
         self.steps: list[StepDefinition] = []
+        self._fingerprint: tuple[int, str] = (-1, "")
 
     def __repr__(self) -> str:
-        return f"<SagaDefinition {self.name!r}: {', '.join(s.name for s in self.steps)}>"
+        steps = ", ".join(s.name for s in self.steps)
+        return f"<SagaDefinition {self.name!r} version {self.version}: {steps}>"
+
+    @property
+    def fingerprint(self) -> str:
+        """:func:`steps_fingerprint` of this version's steps (see ``Saga.steps_fingerprint``).
+
+        Every claim compares it, so it is computed once per set of steps (steps are
+        only ever appended, and a step's name never changes).
+        """
+        count, digest = self._fingerprint
+        if count != len(self.steps):
+            digest = steps_fingerprint([s.name for s in self.steps])
+            self._fingerprint = (len(self.steps), digest)
+        return digest
 
     @overload
     def step(self, fn: StepFunction) -> StepDefinition: ...
@@ -195,6 +270,7 @@ class SagaDefinition:
         timeout: float | timedelta | None = None,
         atomic: bool = False,
         compensate_on_failure: bool = False,
+        queue: str | None = None,
     ) -> Callable[[StepFunction], StepDefinition]: ...
 
     def step(
@@ -206,8 +282,13 @@ class SagaDefinition:
         timeout: float | timedelta | None = None,
         atomic: bool = False,
         compensate_on_failure: bool = False,
+        queue: str | None = None,
     ) -> Any:
-        """Append a step; steps run in the order they are defined."""
+        """Append a step; steps run in the order they are defined.
+
+        ``queue`` routes the step's messages to that Celery queue, so a pool of
+        workers consuming it (``celery worker -Q payments``) runs it.
+        """
 
         def register(func: StepFunction) -> StepDefinition:
             step_name = _check_name("Step", name or getattr(func, "__name__", None))
@@ -232,6 +313,7 @@ class SagaDefinition:
                 timeout=_check_timeout(timeout, where),
                 atomic=atomic,
                 compensate_on_failure=compensate_on_failure,
+                queue=_check_queue(queue, where),
             )
             self.steps.append(step)
             return step

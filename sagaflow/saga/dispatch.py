@@ -27,8 +27,18 @@ _RETRY_POLICY = {"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2, 
 
 
 def send(
-    step_id: int, phase: str, *, countdown: float | None = None, timeout: float | None = None
+    step_id: int,
+    phase: str,
+    *,
+    countdown: float | None = None,
+    timeout: float | None = None,
+    queue: str | None = None,
 ) -> None:
+    """Send the message that runs one attempt of step ``step_id`` in ``phase``.
+
+    ``queue`` is the step's (or its compensation's) own; without one the message
+    goes to ``SAGAFLOW["QUEUE"]``, and without that to Celery's default queue.
+    """
     if _interceptor is not None:
         _interceptor(step_id, phase)
         return
@@ -40,8 +50,9 @@ def send(
         # Hard limit: the process is killed, and the lease (timeout + grace) recovers it.
         options["soft_time_limit"] = timeout
         options["time_limit"] = timeout + max(1.0, conf.LEASE_GRACE / 2)
-    if conf.QUEUE:
-        options["queue"] = conf.QUEUE
+    queue = queue or conf.QUEUE
+    if queue:
+        options["queue"] = queue
     try:
         sending.send_task(sending.EXECUTE_STEP, (step_id, phase), **options)
     except Exception:  # the broker is down: the sweeper will send it again
@@ -54,9 +65,14 @@ def send(
 
 
 def send_on_commit(
-    step_id: int, phase: str, *, countdown: float | None = None, timeout: float | None = None
+    step_id: int,
+    phase: str,
+    *,
+    countdown: float | None = None,
+    timeout: float | None = None,
+    queue: str | None = None,
 ) -> None:
     transaction.on_commit(
-        functools.partial(send, step_id, phase, countdown=countdown, timeout=timeout),
+        functools.partial(send, step_id, phase, countdown=countdown, timeout=timeout, queue=queue),
         robust=True,
     )

@@ -44,22 +44,22 @@ from ..exceptions import (
 from ..faults import fault_point
 from ..jsonvalue import ensure_json
 from ..models import Saga, SagaState, SagaStep
-from . import continuation, creation, dispatch, rows, store
+from . import continuation, creation, dispatch, registry, rows, store
 from .attempts import (
     COMPENSATE,
     FORWARD,
     Outcome,
     log_extra,
+    queue_for,
+    queue_of,
     resolve,
     signal_on_commit,
     task_time_limit,
     timeout_of,
 )
 from .definition import Context, SagaDefinition, StepDefinition, StepFunction
-from .transitions import (
-    fail_saga,
-    record,
-)
+from .registry import needs_code
+from .transitions import record
 
 logger = logging.getLogger("sagaflow.engine")
 
@@ -74,6 +74,9 @@ def start(
     key: str | None = None,
     correlation_id: str | None = None,
 ) -> Saga:
+    # New runs start on the highest version of the name, whichever version's
+    # object was asked; the run then keeps to it (version and step fingerprint).
+    definition = registry.highest(definition)
     if not definition.steps:
         raise DefinitionError(
             f"Saga {definition.name!r} has no steps; add one with @{definition.name}.step."
@@ -109,10 +112,17 @@ def start(
             correlation_id=correlation_id,
             deadline=definition.deadline,
             step_names=[s.name for s in definition.steps],
+            version=definition.version,
+            steps_fingerprint=definition.fingerprint,
         )
         if first_step_id is not None:
             first = definition.steps[0]
-            dispatch.send_on_commit(first_step_id, FORWARD, timeout=task_time_limit(first, FORWARD))
+            dispatch.send_on_commit(
+                first_step_id,
+                FORWARD,
+                timeout=task_time_limit(first, FORWARD),
+                queue=queue_of(first, FORWARD),
+            )
             signal_on_commit(signals.saga_started, saga)
             logger.info("saga started", extra=log_extra(saga))
     return saga
@@ -147,7 +157,7 @@ def execute(step_id: int, phase: str) -> None:
 def _attempt(claim: Claim) -> Claim | None:
     """Run and record one claimed attempt; returns the local attempt it claimed, if any."""
     fault_point("step.after_claim")
-    with continuation.accepting() as following:
+    with continuation.accepting(queue_of(claim.step_def, claim.phase)) as following:
         if claim.phase == FORWARD and claim.step_def.atomic:
             with transaction.atomic():
                 step = store.lock_step(
@@ -218,7 +228,12 @@ def _claim(step_id: int, phase: str, token: uuid.UUID) -> Claim | None:
                 # Delivered before its countdown ran out (the sender's clock is
                 # behind this worker's): send it again for the rest of the wait,
                 # rather than leave the step to the sweeper's REDISPATCH_AFTER.
-                dispatch.send_on_commit(step_id, phase, countdown=early + _EARLY_MARGIN)
+                dispatch.send_on_commit(
+                    step_id,
+                    phase,
+                    countdown=early + _EARLY_MARGIN,
+                    queue=queue_for(step.saga, step, phase),
+                )
                 return None
             logger.debug("step %s (%s): nothing to do", step_id, phase)
             return None
@@ -226,21 +241,39 @@ def _claim(step_id: int, phase: str, token: uuid.UUID) -> Claim | None:
         try:
             definition, step_def = resolve(saga, step)
         except (UnknownSagaError, DefinitionMismatchError) as exc:
-            store.step_gave_up(step, error=str(exc))
-            fail_saga(saga, str(exc))
+            _wait_for_code(saga, step, str(exc))
             return None
         if phase == COMPENSATE and step_def.compensation_def is None:
-            error = (
-                f"step {step.name!r} of saga {saga.name!r} is due for compensation but "
-                f"the code no longer defines one (the definition changed mid-run)."
+            _wait_for_code(
+                saga,
+                step,
+                f"{needs_code(saga.name, saga.version)}: step {step.name!r} is due for "
+                f"compensation but this code's version {saga.version} defines no "
+                f"compensation for it (it was removed in place). Restore it.",
             )
-            store.step_gave_up(step, error=error)
-            fail_saga(saga, error)
             return None
+        if store.code_is_back(saga):
+            logger.warning("the code of the run's version is back; going on", extra=log_extra(saga))
+            if phase == FORWARD and _past_deadline(saga):
+                # It waited past its deadline: the sweeper's deadline scan, which
+                # skipped it while it waited, compensates it now; no step starts.
+                return None
         lease = timeout_of(step_def, phase) + conf.LEASE_GRACE
         attempt = store.claim(step, phase, token, lease)
     context = _context(saga, step, phase, attempt)
     return Claim(step_id, phase, token, attempt, definition, step_def, context)
+
+
+def _past_deadline(saga: Saga) -> bool:
+    return saga.deadline_at is not None and saga.deadline_at < saga.db_now  # type: ignore[attr-defined]
+
+
+def _wait_for_code(saga: Saga, step: SagaStep, reason: str) -> None:
+    """Neither run, fail nor compensate a run whose code is missing: leave the step
+    due, to be claimed again once a deploy brings the code back (the sweeper
+    resends its message). A deploy must never change what a run in flight does."""
+    if store.wait_for_code(saga, reason, step):
+        logger.error("saga waits for its code: %s", reason, extra=log_extra(saga, step))
 
 
 #: Added to the rest of an early message's wait, so the resent one is not early too.

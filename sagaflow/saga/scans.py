@@ -37,8 +37,12 @@ def expired_leases(limit: int) -> list[int]:
 
 
 def overdue_sagas(limit: int) -> list[uuid.UUID]:
+    """Running runs past their deadline, but not those waiting for their code: they
+    cannot be compensated yet, and must not fill every batch."""
     return list(
-        Saga.objects.filter(state=SagaState.RUNNING, deadline_at__lt=Now())
+        Saga.objects.filter(
+            state=SagaState.RUNNING, deadline_at__lt=Now(), needs_code_since__isnull=True
+        )
         .order_by("deadline_at")
         .values_list("pk", flat=True)[:limit]
     )
@@ -50,6 +54,7 @@ class Redispatch:
     phase: str
     saga_name: str
     index: int
+    version: int = 1
 
 
 def take_lost_dispatches(limit: int, redispatch_after: float) -> list[Redispatch]:
@@ -71,7 +76,7 @@ def take_lost_dispatches(limit: int, redispatch_after: float) -> list[Redispatch
         rows = list(
             SagaStep.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(due & (forward | backward))
-            .values_list("pk", "state", "saga__name", "index")
+            .values_list("pk", "state", "saga__name", "index", "saga__version")
             .order_by("due_at")[:limit]
         )
         waited = Least(Now() - F("due_at"), Value(MAX_RESEND_SPACING))
@@ -79,8 +84,8 @@ def take_lost_dispatches(limit: int, redispatch_after: float) -> list[Redispatch
             dispatched_at=ExpressionWrapper(Now() + waited, output_field=DateTimeField())
         )
     return [
-        Redispatch(pk, FORWARD if state == StepState.PENDING else COMPENSATE, name, index)
-        for pk, state, name, index in rows
+        Redispatch(pk, FORWARD if state == StepState.PENDING else COMPENSATE, name, index, version)
+        for pk, state, name, index, version in rows
     ]
 
 
@@ -111,3 +116,45 @@ def oldest_live_age() -> float | None:
         .first()
     )
     return row.total_seconds() if row is not None else None
+
+
+def failed_unresolved() -> int:
+    """Failed runs nobody resolved yet: each needs a person."""
+    return Saga.objects.filter(state=SagaState.FAILED, resolved_at__isnull=True).count()
+
+
+@dataclass(frozen=True)
+class LiveVersion:
+    """Live runs of one version of one saga, started with one set of steps."""
+
+    name: str
+    version: int
+    steps_fingerprint: str
+    runs: int
+    #: How many of them a worker found waiting for their code.
+    waiting: int
+
+
+def live_versions() -> list[LiveVersion]:
+    """Live runs grouped by saga, version and step fingerprint (a handful of rows)."""
+    rows = (
+        Saga.objects.filter(state__in=LIVE_STATES)
+        .values_list("name", "version", "steps_fingerprint")
+        .annotate(runs=Count("pk"), waiting=Count("pk", filter=Q(needs_code_since__isnull=False)))
+        .order_by("name", "version", "steps_fingerprint")
+    )
+    return [LiveVersion(*row) for row in rows]
+
+
+def step_names_of_a_run(name: str, version: int, steps_fingerprint: str) -> list[str]:
+    """The stored step names of one live run of that group, to show what it expects."""
+    saga_id = (
+        Saga.objects.filter(
+            state__in=LIVE_STATES, name=name, version=version, steps_fingerprint=steps_fingerprint
+        )
+        .values_list("pk", flat=True)
+        .first()
+    )
+    return list(
+        SagaStep.objects.filter(saga_id=saga_id).order_by("index").values_list("name", flat=True)
+    )

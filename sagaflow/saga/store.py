@@ -328,11 +328,71 @@ def save_saga(saga: Saga, *fields: str) -> None:
 def finish_saga(saga: Saga, state: str, error: str = "", also: Sequence[str] = ()) -> None:
     saga.state = state
     saga.finished_at = Now()
-    fields = ["state", "finished_at", *also]
+    fields = ["state", "finished_at", *also, *_unflag(saga)]
     if error:
         saga.error = error
         fields.append("error")
     save_saga(saga, *fields)
+
+
+# --- waiting for the code of a run's version (caller holds the saga lock) ------------
+
+#: Longest extra wait between two looks at a run that waits for its code: the
+#: sweeper resends its step's message after ``REDISPATCH_AFTER`` plus as long as the
+#: run has been waiting, up to this many seconds. A deploy that brings the code back
+#: is picked up within that time; ``sagaflow retry`` does it at once.
+NEEDS_CODE_RECHECK = 300.0
+
+
+def wait_for_code(saga: Saga, reason: str, step: SagaStep | None = None) -> bool:
+    """The code of ``saga``'s version is missing: flag the run, and leave ``step``
+    as it is, to be looked at again later. Returns whether the run was newly flagged.
+
+    Nothing is counted, recorded or compensated: a waiting step stays due (its
+    message is sent again by the sweeper, and each claim looks for the code
+    again); a leased step whose worker was lost keeps its lease a while longer (the
+    sweeper's lease recovery looks again when it expires). ``error`` says why, on
+    its first line, above the error the run had before.
+    """
+    newly = saga.needs_code_since is None
+    if step is not None:
+        now = step.db_now  # type: ignore[attr-defined]
+        waited = 0.0 if newly else max(0.0, (now - saga.needs_code_since).total_seconds())
+        later = min(waited, NEEDS_CODE_RECHECK)
+        if step.lease_token is not None:
+            step.lease_expires_at = rows.NowPlus(later + conf.REDISPATCH_AFTER)
+            rows.update(step, ["lease_expires_at"])
+        else:
+            # Still due; the sweeper resends it REDISPATCH_AFTER after ``dispatched_at``.
+            step.due_at = Now()
+            step.dispatched_at = rows.NowPlus(later)
+            rows.update(step, ["due_at", "dispatched_at"])
+    reason = reason.replace("\n", " ")
+    if newly:
+        saga.needs_code_since = Now()
+        saga.error = f"{reason}\n{saga.error}" if saga.error else reason
+        save_saga(saga, "needs_code_since", "error")
+    elif saga.error.partition("\n")[0] != reason:  # another reason now (another deploy)
+        saga.error = "\n".join([reason, *saga.error.split("\n")[1:]])
+        rows.update(saga, ["error"])
+    return newly
+
+
+def code_is_back(saga: Saga) -> bool:
+    """The run's code is here again: drop its flag and the reason from ``error``.
+    Returns whether the run had been waiting."""
+    fields = _unflag(saga)
+    if fields:
+        save_saga(saga, *fields)
+    return bool(fields)
+
+
+def _unflag(saga: Saga) -> list[str]:
+    if saga.needs_code_since is None:
+        return []
+    saga.needs_code_since = None
+    saga.error = saga.error.partition("\n")[2]
+    return ["needs_code_since", "error"]
 
 
 def stalled(step: SagaStep) -> bool:

@@ -13,22 +13,24 @@ from typing import Any
 
 from .. import signals
 from ..conf import conf
+from ..exceptions import DefinitionMismatchError, UnknownSagaError
 from ..models import Saga, SagaState, SagaStep, StepState
 from . import continuation, dispatch, machine, store
 from .attempts import (
     COMPENSATE,
     FORWARD,
     Outcome,
+    definition_of,
     label,
     log_extra,
     note_attempt,
+    queue_of,
     retry_of,
     signal_on_commit,
     task_time_limit,
     timeout_of,
 )
 from .definition import SagaDefinition, StepDefinition
-from .registry import get_definition
 
 logger = logging.getLogger("sagaflow.engine")
 
@@ -188,12 +190,21 @@ def schedule_attempt(
     For a saga with local steps, the running task claims it instead (see
     ``continuation``): it runs right after this transaction commits.
     """
-    steps = (definition or get_definition(step.saga.name)).steps
-    # A stored step the code no longer has is stopped with a clear error at its claim.
+    if definition is None:
+        try:
+            definition = definition_of(step.saga)
+        except (UnknownSagaError, DefinitionMismatchError):
+            definition = None
+    steps = definition.steps if definition is not None else []
+    # A stored step the code no longer has is sent anyway: its claim makes the run
+    # wait for the code of its version.
     step_def = steps[step.index] if step.index < len(steps) else None
-    if step_def is not None and step_def.name == step.name and step_def.saga.local_steps:
+    if step_def is not None and step_def.name != step.name:
+        step_def = None
+    queue = queue_of(step_def, phase) if step_def is not None else None
+    if step_def is not None and step_def.saga.local_steps:
         lease = timeout_of(step_def, phase) + conf.LEASE_GRACE
-        if continuation.offer(step, state, phase, lease):
+        if continuation.offer(step, state, phase, lease, queue):
             return
     store.schedule_now(step, state)
     timeout = (
@@ -201,7 +212,7 @@ def schedule_attempt(
         if step_def is not None
         else float(conf.DEFAULT_STEP_TIMEOUT)
     )
-    dispatch.send_on_commit(step.pk, phase, timeout=timeout)
+    dispatch.send_on_commit(step.pk, phase, timeout=timeout, queue=queue)
 
 
 def abandon(saga: Saga, definition: SagaDefinition, reason: str) -> None:
@@ -281,8 +292,8 @@ def has_compensation(definition: SagaDefinition, step: SagaStep) -> bool:
     A stored step the code no longer matches (renamed, reordered, removed while
     the run was in flight) counts as having one: skipping it would leave its
     effect in place and still call the saga ``compensated``. Its compensation's
-    claim then stops the run loudly (``failed``, needs a person), as a forward
-    claim of a mismatched step does.
+    claim then makes the run wait for the code of its version, as a forward claim
+    of a mismatched step does.
     """
     if step.index >= len(definition.steps):
         return True
@@ -305,7 +316,11 @@ def wait(step: SagaStep, delay: float, error: str, phase: str, step_def: StepDef
     )
     if via_broker:
         dispatch.send_on_commit(
-            step.pk, phase, countdown=delay, timeout=task_time_limit(step_def, phase)
+            step.pk,
+            phase,
+            countdown=delay,
+            timeout=task_time_limit(step_def, phase),
+            queue=queue_of(step_def, phase),
         )
 
 

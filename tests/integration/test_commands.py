@@ -39,7 +39,7 @@ def test_status_exits_1_and_names_failed_and_stuck_sagas(capsys):
     assert report["sagas_by_state"] == {"failed": 1, "running": 1}
     assert report["stuck_count"] == 1 and report["stuck"][0]["id"] == str(stuck.id)
     assert report["problems"] == [
-        "1 saga(s) failed and need a person (retry or fix)",
+        "1 saga(s) failed and need a person (retry, or fix and resolve)",
         "1 saga(s) made no progress for 0s",
     ]
 

@@ -73,44 +73,76 @@ def test_bad_input_is_refused_and_writes_nothing(call, error, message):
     assert Saga.objects.count() == 0 and SagaStep.objects.count() == 0
 
 
-def test_renamed_step_stops_the_run_with_a_clear_error():
+def _calls(step_name: str):
+    def step(ctx):
+        Call.objects.create(
+            saga_id=ctx.saga_id,
+            step=step_name,
+            kind="compensation" if ctx.compensating else "step",
+            attempt=ctx.attempt,
+            idempotency_key=ctx.idempotency_key,
+            pid=0,
+        )
+
+    return step
+
+
+def _define_evolving(second: str) -> sagaflow.SagaDefinition:
     evolving = sagaflow.define("evolving")
-    evolving.step(name="reserve")(lambda ctx: None)
-    evolving.step(name="charge")(lambda ctx: None)
+    evolving.step(name="reserve")(_calls("reserve"))
+    evolving.step(name=second)(_calls(second))
+    return evolving
+
+
+def test_a_step_renamed_in_place_makes_the_run_wait_for_its_code():
     try:
         with captured_dispatches():
-            saga = evolving.start({})
-        # Deploy a new version while the run is in flight: "charge" became "authorise".
+            saga = _define_evolving("charge").start({})
+        # A deploy changes version 1 in place while the run is in flight: "charge"
+        # became "authorise". The run must not run a step it was not started with.
         registry.unregister("evolving")
-        evolved = sagaflow.define("evolving")
-        evolved.step(name="reserve")(lambda ctx: None)
-        evolved.step(name="authorise")(
-            lambda ctx: Call.objects.create(  # must never be called
-                saga_id=ctx.saga_id,
-                step="authorise",
-                kind="step",
-                attempt=1,
-                idempotency_key=ctx.idempotency_key,
-                pid=0,
-            )
-        )
+        _define_evolving("authorise")
+        saga = drive(saga)
+        assert saga.state == SagaState.RUNNING and saga.needs_code_since is not None
+        assert saga.error.startswith("needs the code of version 1 of evolving: ")
+        assert "started with the steps ['reserve', 'charge']" in saga.error
+        assert Call.objects.count() == 0  # not even its first step: its code is not here
+        assert SagaStep.objects.get(saga=saga, index=0).attempts == 0
+        # The next deploy restores version 1's steps: the run goes on where it was.
+        registry.unregister("evolving")
+        _define_evolving("charge")
         saga = drive(saga)
     finally:
         registry.unregister("evolving")
-    assert saga.state == SagaState.FAILED
-    assert "stored step 1 is 'charge' but the code's step 1 is 'authorise'" in saga.error
-    assert Call.objects.count() == 0
+    assert saga.state == SagaState.COMPLETED and saga.needs_code_since is None
+    assert saga.error == ""
+    assert list(Call.objects.order_by("pk").values_list("step", flat=True)) == [
+        "reserve",
+        "charge",
+    ]
 
 
-def test_removed_saga_definition_fails_the_run():
+def test_a_removed_saga_definition_makes_the_run_wait_until_it_is_back():
     gone = sagaflow.define("gone")
-    gone.step(name="only")(lambda ctx: None)
+    gone.step(name="only")(_calls("only"))
     with captured_dispatches():
         saga = gone.start({})
     registry.unregister("gone")
-    saga = drive(saga)
-    assert saga.state == SagaState.FAILED
-    assert "No saga named 'gone'" in saga.error
+    try:
+        saga = drive(saga)
+        assert saga.state == SagaState.RUNNING
+        assert saga.error.startswith(
+            "needs the code of version 1 of gone: no saga named 'gone' is defined"
+        )
+        step = SagaStep.objects.get(saga=saga)
+        assert step.state == StepState.PENDING and step.attempts == 0
+        assert step.due_at is not None  # still due: the sweeper sends it again
+        registry.register(gone)
+        saga = drive(saga)
+    finally:
+        registry.unregister("gone")
+    assert saga.state == SagaState.COMPLETED and saga.needs_code_since is None
+    assert Call.objects.filter(step="only").count() == 1
 
 
 def test_failed_saga_alerts_with_a_signal_and_an_error_log(

@@ -13,7 +13,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from sagaflow.outbox import store as outbox_store
-from sagaflow.saga import scans
+from sagaflow.saga import retention, scans
 
 pytestmark = pytest.mark.django_db
 
@@ -36,10 +36,14 @@ def big_tables():
         )
         c.execute(
             "INSERT INTO sagaflow_saga (id, name, key, state, data, results, correlation_id,"
-            " current_step, created_at, updated_at, error)"
+            " current_step, created_at, updated_at, error, finished_at)"
             " SELECT md5(g::text)::uuid, 'big', NULL,"
             "  CASE WHEN g %% 1000 = 0 THEN 'running' ELSE 'completed' END,"
-            "  '{}', '{}', g::text, 0, now(), now(), '' FROM generate_series(1, %s) g",
+            "  '{}', '{}', g::text, 0, now(), now(), '',"
+            # A few finished runs past the retention, the rest recent.
+            "  CASE WHEN g %% 1000 = 0 THEN NULL"
+            "   WHEN g %% 100 = 1 THEN now() - interval '40 days' ELSE now() END"
+            " FROM generate_series(1, %s) g",
             [SAGAS],
         )
         c.execute(
@@ -114,3 +118,14 @@ def test_relay_and_sweeper_queries_use_their_partial_indexes(big_tables):
     waiting = [s for s in captured(lambda: scans.take_lost_dispatches(500, 0)) if "FOR UPDATE" in s]
     sql = re.sub(r"\s+FOR UPDATE OF .*$", "", waiting[0])
     assert_indexed(sql, "sagaflow_sagastep", "sagaflow_step_waiting", max_rows=1000)
+
+    # Retention: finished runs past it, by their partial index, not the whole table.
+    doomed = retention._PURGE.split("WITH doomed AS (")[1].split("FOR UPDATE")[0]
+    doomed = doomed % {"older_than": 30 * 86400, "batch": 1000}
+    tree = plan(doomed)  # a BitmapOr of the finished and the resolved runs' indexes
+    assert not [n for n in nodes(tree) if n["Node Type"] == "Seq Scan"], json.dumps(tree)
+    used = {n.get("Index Name") for n in nodes(tree)}
+    assert {"sagaflow_saga_finished", "sagaflow_saga_resolved"} <= used, json.dumps(tree)
+    assert tree["Actual Rows"] == 1000
+    (live,) = captured(scans.live_versions)
+    assert_indexed(live, "sagaflow_saga", "sagaflow_saga_state_updated", max_rows=1000)

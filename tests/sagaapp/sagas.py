@@ -169,3 +169,39 @@ def refund_card(ctx):
     _behave(ctx, "compensation")
     # No result was recorded: cancel whatever was done under the step's own key.
     Effect.objects.filter(idempotency_key=ctx.step_key).update(kind="refunded")
+
+
+# Per-step queues: authorise and capture go to the payments queue (authorise's
+# compensation too, having none of its own); reserve goes to the default queue,
+# its compensation to the refunds queue.
+PAYMENTS_QUEUE = "sagaflow-test-payments"
+REFUNDS_QUEUE = "sagaflow-test-refunds"
+queued = sagaflow.define("queued")
+
+
+@queued.step(queue=PAYMENTS_QUEUE, retry=FAST_RETRY, timeout=5)
+def authorise(ctx):
+    _behave(ctx, "step")
+    return {"pid": os.getpid()}
+
+
+@authorise.compensation(retry=COMP_RETRY)
+def void_authorisation(ctx):
+    _behave(ctx, "compensation")
+
+
+@queued.step(retry=FAST_RETRY, timeout=5)
+def reserve(ctx):
+    _behave(ctx, "step")
+    return {"pid": os.getpid()}
+
+
+@reserve.compensation(retry=COMP_RETRY, queue=REFUNDS_QUEUE)
+def release(ctx):
+    _behave(ctx, "compensation")
+
+
+@queued.step(queue=PAYMENTS_QUEUE, retry=FAST_RETRY, timeout=5)
+def capture(ctx):
+    _behave(ctx, "step")
+    return {"pid": os.getpid()}
