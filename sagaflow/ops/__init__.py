@@ -6,7 +6,7 @@
 - ``dead_letters``: re-queue dead outbox events and dead consumer runs.
 - ``janitor``: retention (expired keys, published events, processed inbox rows).
 
-The functions below are the supported API for scripts and shells::
+The functions below are the supported API for scripts and shells:
 
     from sagaflow import ops
     ops.retry(saga_id)

@@ -160,7 +160,7 @@ class StepDefinition:
 
 
 class SagaDefinition:
-    """A named sequence of steps; create it with :func:`sagaflow.define`."""
+    """A named sequence of steps; create it with ``sagaflow.define``."""
 
     def __init__(
         self, name: str, *, deadline: timedelta | None, module: str, local_steps: bool = False
