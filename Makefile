@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DATABASE_URL ?= postgres://postgres@localhost:5432/sagaflow
 export CELERY_BROKER_URL ?= redis://localhost:6379/0
 
-.PHONY: install test lint demo bench clean browser-deps chaos matrix release install-check
+.PHONY: install test lint docs demo bench clean browser-deps chaos matrix release install-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,18 @@ browser-deps:
 	  fi; \
 	fi
 
+# The documentation site (mkdocs.yml) into site/: the pages of docs/, the README's
+# sections and the API reference from the docstrings. --strict: a broken link, a README
+# section that is gone or a docstring mkdocstrings cannot read fails it. About 5 s.
+$(VENV)/.docs-installed: $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 # pytest exits 5 when it collected nothing: that must fail, and it does (non-zero).
-test: $(STAMP) lint browser-deps
+test: $(STAMP) lint docs browser-deps
 	$(BIN)/pytest
 
 # The demo needs no services: SQLite, an in-memory broker and an in-process worker.
@@ -107,4 +117,4 @@ install-check: release
 		--django '$(INSTALL_CHECK_DJANGO)' dist/*.whl
 
 clean:
-	rm -rf $(VENV) demo.sqlite3 .pytest_cache .nox build dist
+	rm -rf $(VENV) demo.sqlite3 .pytest_cache .nox build dist site

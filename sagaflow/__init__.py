@@ -66,5 +66,5 @@ __all__ = [
 def start(
     name: str, data: object = None, *, key: str | None = None, correlation_id: str | None = None
 ):
-    """Start the saga registered as ``name``; see :meth:`SagaDefinition.start`."""
+    """Start the saga registered as ``name``; see ``SagaDefinition.start``."""
     return get_definition(name).start(data, key=key, correlation_id=correlation_id)

@@ -173,7 +173,7 @@ def unknown_keys(value: Mapping[Any, Any]) -> dict[str, str | None]:
 
 
 class Settings:
-    """Typed, live view of ``settings.SAGAFLOW`` over :class:`Defaults`."""
+    """Typed, live view of ``settings.SAGAFLOW`` over ``Defaults``."""
 
     _names = NAMES
 

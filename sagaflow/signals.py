@@ -1,6 +1,6 @@
 """Django signals sent after the transaction that caused them commits.
 
-Every receiver gets ``saga`` (a :class:`~sagaflow.models.Saga`). Step signals also
+Every receiver gets ``saga`` (a ``sagaflow.models.Saga``). Step signals also
 get ``step`` (the step name), ``phase`` (``"forward"`` or ``"compensate"``: a
 compensation's outcome is reported through the same two signals), ``attempt`` and
 ``duration`` (seconds the action ran); ``step_failed`` and ``saga_failed`` get

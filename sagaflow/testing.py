@@ -1,9 +1,9 @@
 """Supported helpers for testing code that uses sagaflow.
 
-- :func:`run_inline` runs a saga to its end in the current process and
+- ``run_inline`` runs a saga to its end in the current process and
   transaction, skipping retry waits, so user sagas can be unit-tested with
   ``pytest-django``'s ordinary ``db`` fixture and no Celery worker.
-- :func:`armed_fault` crashes the engine at a named commit boundary
+- ``armed_fault`` crashes the engine at a named commit boundary
   (see ``sagaflow.faults``) to test what happens after a crash.
 """
 
@@ -63,7 +63,7 @@ def drive(saga: Saga, *, limit: int | None = None, max_attempts: int = 1000) -> 
     """Run ``saga``'s waiting work in this process until nothing is left to do.
 
     Retry waits are skipped (the due time is moved to now). A step whose lease is
-    held (a crash left it running) is left alone: call :func:`expire_leases` first.
+    held (a crash left it running) is left alone: call ``expire_leases`` first.
     A run that waits for the code of its version stops there (``needs_code_since``).
     With ``limit``, stop after that many attempts (to look at a run mid-way).
     """

@@ -8,7 +8,7 @@
 - ``janitor``: retention (expired keys, published events, processed inbox rows,
   finished runs).
 
-The functions below are the supported API for scripts and shells::
+The functions below are the supported API for scripts and shells:
 
     from sagaflow import ops
     ops.retry(saga_id)

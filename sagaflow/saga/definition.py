@@ -208,7 +208,7 @@ class StepDefinition:
 
 
 class SagaDefinition:
-    """A named, versioned sequence of steps; create it with :func:`sagaflow.define`.
+    """A named, versioned sequence of steps; create it with ``sagaflow.define``.
 
     A run records the version it was started with and only ever runs that
     version's steps, so several versions of one name live side by side while the
