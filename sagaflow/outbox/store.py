@@ -317,13 +317,20 @@ def requeue_where(sql: str, ids: Sequence[int] | None) -> int:
 
 
 def backlog() -> dict[str, Any]:
-    """Pending and dead counts and the age in seconds of the oldest pending event."""
+    """Pending and dead counts and the age in seconds of the oldest pending event.
+
+    Read through the partial indexes of pending and dead rows, so it touches the
+    rows it counts, never the published history (status, metrics scrapes and the
+    admin call it). The oldest pending event is the one with the smallest id: ids
+    follow insertion, so that is the oldest but for transactions still open when
+    it was written.
+    """
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT count(*) FILTER (WHERE state = 'pending'),"
-            f" count(*) FILTER (WHERE state = 'dead'),"
-            f" extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending'))"
-            f" FROM {OUTBOX} WHERE state IN ('pending', 'dead')"
+            f"SELECT (SELECT count(*) FROM {OUTBOX} WHERE state = 'pending'),"
+            f" (SELECT count(*) FROM {OUTBOX} WHERE state = 'dead'),"
+            " (SELECT extract(epoch FROM now() - created_at)"
+            f"   FROM {OUTBOX} WHERE state = 'pending' ORDER BY id LIMIT 1)"
         )
         pending, dead, age = cursor.fetchone()
     return {"pending": pending, "dead": dead, "oldest_pending_seconds": float(age or 0)}
