@@ -284,6 +284,15 @@ class OutboxEvent(models.Model):
                 condition=Q(state="published"),
                 name="sagaflow_outbox_published",
             ),
+            # Failed events waiting for a retry, by key: the claim's head-of-line
+            # guard, and the retry time a new event of a waiting key inherits.
+            models.Index(
+                fields=["key", "id"],
+                condition=Q(state="pending", attempts__gt=0, key__isnull=False),
+                name="sagaflow_outbox_retrying",
+            ),
+            # Dead events: counted by status and metrics, re-queued by a person.
+            models.Index(fields=["id"], condition=Q(state="dead"), name="sagaflow_outbox_dead"),
         ]
 
     def __str__(self) -> str:

@@ -306,12 +306,15 @@ def redeliver_due(limit: int | None = None) -> int:
 
 
 def redeliver_unconsumed(limit: int | None = None) -> int:
-    """Send again the published events some local consumer never received.
+    """Send again the published events some local consumer provably never received.
 
     The relay marks an event published once the broker took it; if Redis then
     loses it (flushed, restarted without persistence), only the missing inbox
-    row shows it. Run by the periodic ``sagaflow.outbox_sweep``; returns how many
-    (consumer, event) deliveries were sent. Consumers already done skip (inbox).
+    row shows it. Missing is not lost while the workers are behind, so only events
+    older than one the consumer already received are sent again, plus at most one
+    probe per consumer (``inbox.take_unconsumed``): a backlog is never resent.
+    Run by the periodic ``sagaflow.outbox_sweep``; returns how many (consumer,
+    event) deliveries were sent. Consumers already done skip (inbox).
     """
     sent = 0
     for entry in list(_by_name.values()):

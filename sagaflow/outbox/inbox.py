@@ -128,8 +128,17 @@ def take_unconsumed(
     consumer: str, topic: str, *, settle: float, window: float, limit: int
 ) -> list[int]:
     """Events of ``topic`` published between ``window`` and ``settle`` seconds ago
-    that ``consumer`` has no inbox row for: their broker message was lost (Redis
-    flushed or restarted without persistence) or is still queued behind a backlog.
+    that ``consumer`` has no inbox row for and that are *provably lost*: the consumer
+    has received a later event (a greater id) at least ``settle`` seconds ago, so the
+    broker message of this one should have reached it by now (Redis flushed, or
+    restarted without persistence). An event the workers simply have not reached yet
+    (a backlog older than ``settle``) is not sent again: resending a backlog would
+    only grow it.
+
+    When nothing later has been received (the consumer is idle, or its workers are
+    down), only the newest such event is sent, as a probe: once it arrives, the
+    older ones are provably lost and go on the next sweeps. So a sweep adds at most
+    one message per consumer to a backlog that is merely slow.
 
     Each is stamped ``published_at = now()`` in the same statement (SKIP LOCKED), so
     two sweeps send it once, and it is looked at again only after ``settle`` more
@@ -138,16 +147,32 @@ def take_unconsumed(
     """
     with connection.cursor() as cursor:
         cursor.execute(
-            f"WITH lost AS (SELECT e.id FROM {OUTBOX} e"
-            "   WHERE e.state = 'published' AND e.topic = %s"
-            "     AND e.published_at < now() - make_interval(secs => %s)"
-            "     AND e.published_at > now() - make_interval(secs => %s)"
+            # The newest event this consumer received at least ``settle`` seconds ago.
+            f"WITH m AS (SELECT coalesce(max(message_id), 0) AS id FROM {INBOX}"
+            "   WHERE consumer = %(consumer)s"
+            "     AND created_at < now() - make_interval(secs => %(settle)s)),"
+            f" unconsumed AS (SELECT e.id FROM {OUTBOX} e"
+            "   WHERE e.state = 'published' AND e.topic = %(topic)s"
+            "     AND e.published_at < now() - make_interval(secs => %(settle)s)"
+            "     AND e.published_at > now() - make_interval(secs => %(window)s)"
             f"    AND NOT EXISTS (SELECT 1 FROM {INBOX} i"
-            "                     WHERE i.consumer = %s AND i.message_id = e.id)"
-            "   ORDER BY e.id LIMIT %s FOR UPDATE OF e SKIP LOCKED)"
-            f" UPDATE {OUTBOX} o SET published_at = now() FROM lost WHERE o.id = lost.id"
+            "                     WHERE i.consumer = %(consumer)s AND i.message_id = e.id)),"
+            " lost AS (SELECT u.id FROM unconsumed u, m WHERE u.id < m.id"
+            "   ORDER BY u.id LIMIT %(limit)s),"
+            " probe AS (SELECT u.id FROM unconsumed u, m WHERE u.id > m.id"
+            "   AND NOT EXISTS (SELECT 1 FROM lost) ORDER BY u.id DESC LIMIT 1),"
+            f" take AS (SELECT e.id FROM {OUTBOX} e WHERE e.id IN (SELECT id FROM lost"
+            "   UNION ALL SELECT id FROM probe) AND e.state = 'published'"
+            "   FOR UPDATE OF e SKIP LOCKED)"
+            f" UPDATE {OUTBOX} o SET published_at = now() FROM take WHERE o.id = take.id"
             " RETURNING o.id",
-            [topic, settle, window, consumer, limit],
+            {
+                "consumer": consumer,
+                "topic": topic,
+                "settle": settle,
+                "window": window,
+                "limit": limit,
+            },
         )
         return sorted(row[0] for row in cursor.fetchall())
 

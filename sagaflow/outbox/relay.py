@@ -9,20 +9,24 @@ One batch is one short database transaction::
 Why the row locks may be held across the publish (P4): the publish is bounded.
 The broker transport's socket timeouts end a publish to a down or paused broker
 within seconds (C8), Celery's own publish retries are off (``ONE_ATTEMPT``), and
-``idle_in_transaction_session_timeout`` (``OUTBOX_PUBLISH_TIMEOUT``) ends the
-session if a publish hangs anyway, freeing the rows for another relay. The
-alternative, a lease committed before publishing, costs a third commit per batch
-and a lease sweeper, for no better guarantee.
+``idle_in_transaction_session_timeout`` (``OUTBOX_PUBLISH_TIMEOUT``, the hold
+limit) ends the session if a publish takes longer anyway, freeing the rows for
+another relay. The alternative, a lease committed before publishing, costs a
+second write of every row and a third round trip per batch.
 
-Failure handling:
+Failure handling: every way a batch can fail to be marked counts one attempt per
+event, in a fresh short transaction, with exponential backoff and jitter through
+``available_at``; after ``OUTBOX_MAX_ATTEMPTS`` the event is ``dead`` until
+``store.requeue_dead`` (``failures.py``):
 
-- the publish raises: the transaction rolls back, then (in a second short
-  transaction) every event of the batch counts a failed attempt and waits
-  (exponential backoff with jitter, through ``available_at``); after
-  ``OUTBOX_MAX_ATTEMPTS`` it is ``dead`` until ``store.requeue_dead``;
+- the publish raises: the transaction rolls back and the failure is counted;
+- the publish outlasts the hold limit (a slow broker): PostgreSQL ends the
+  session, the commit fails although the message may have reached the broker.
+  The relay reconnects and counts the failure, so an event that is always slow to
+  publish is dead-lettered instead of being sent again forever;
 - the relay dies after publishing but before the commit (``relay.after_publish``):
   the transaction rolls back, the rows are pending again and the next relay
-  publishes them again. That is the one source of duplicates; consumers dedupe.
+  publishes them again (not counted: nobody is left to count it). Consumers dedupe.
 
 **One broker round trip per batch.** A batch goes out as one Celery message
 (``sagaflow.deliver_events`` with the list of events), i.e. a single ``LPUSH``
@@ -37,7 +41,8 @@ class with ``publish(events: list[dict]) -> None`` that raises on failure
 - every committed event is delivered at least once; an event from a rolled-back
   transaction never is;
 - per ``key``, events are *published* in commit order; events without a key,
-  or with different keys, in no particular order and concurrently;
+  or with different keys, in no particular order and concurrently (relays own
+  keys per batch, so several relays share even a few hot keys);
 - delivery order is not processing order: several workers run batches in
   parallel, and a failed handler is retried later. A consumer that needs order
   compares ``event.id`` (increasing per key) with the last id it applied.
@@ -52,11 +57,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from django.db import transaction
+from django.db import DatabaseError, InterfaceError, connection, transaction
 
 from ..conf import conf
 from ..faults import fault_point
-from . import store
+from . import failures, store
 from .publishers import Publisher, get_publisher
 
 logger = logging.getLogger("sagaflow.relay")
@@ -79,6 +84,9 @@ class BatchResult:
     published: int
     failed: int
     dead: int
+    #: The claim's window was full: there may be more to relay although this batch
+    #: was short (other relays own some of the keys at the head).
+    window_full: bool = False
 
 
 #: Every claim at least this many seconds after the last one without a floor
@@ -137,50 +145,88 @@ def relay_batch(limit: int, publisher: Publisher | None = None) -> BatchResult:
     """Claim, publish and mark one batch in one transaction.
 
     The claim marks the rows published (or deletes them) in the same statement;
-    the commit after the publish makes that stick. If the publish fails, the
-    transaction rolls back (the rows are pending and unlocked again) and the
-    failed attempt is counted in a second, short transaction.
+    the commit after the publish makes that stick. If the publish fails, or the
+    transaction ends before its commit (the hold limit), the rows are pending
+    again and the failed attempt is counted in a second, short transaction.
     """
     publisher = publisher or get_publisher()
+    outermost = not connection.in_atomic_block
+    events: list[store.ClaimedEvent] = []
+    publish_took: float | None = None
     try:
         with transaction.atomic():
             now = time.monotonic()
-            events, first = store.claim(
+            claimed = store.claim(
                 limit,
                 keep_published=bool(conf.OUTBOX_KEEP_PUBLISHED),
                 hold_limit=float(conf.OUTBOX_PUBLISH_TIMEOUT),
                 floor=_floor.get(now),
             )
-            _floor.saw(now, first)
+            _floor.saw(now, claimed.first_id)
+            events = claimed.events
             if not events:
-                return BatchResult(0, 0, 0, 0)
+                return BatchResult(0, 0, 0, 0, claimed.window_full)
             fault_point("relay.after_claim")
+            started = time.monotonic()
             try:
                 publisher.publish([e.message() for e in events])
             except Exception as exc:
                 raise _PublishFailed(exc) from exc
+            publish_took = time.monotonic() - started
             fault_point("relay.after_publish")
     except _PublishFailed as failure:
         exc = failure.exc
-        ids = [e.id for e in events]
-        with transaction.atomic():
-            retrying, dead = store.mark_failed(
-                ids,
-                error=f"{type(exc).__name__}: {exc}",
-                max_attempts=int(conf.OUTBOX_MAX_ATTEMPTS),
-                backoff=float(conf.OUTBOX_RETRY_BACKOFF),
-                max_backoff=float(conf.OUTBOX_RETRY_MAX_BACKOFF),
-            )
+        retrying, dead = _count_failure(events, f"{type(exc).__name__}: {exc}")
         logger.warning(
             "publishing %d outbox events failed (%s: %s); %d will be retried, %d are dead",
-            len(ids),
+            len(events),
             type(exc).__name__,
             exc,
             retrying,
             dead,
         )
-        return BatchResult(len(ids), 0, retrying, dead)
-    return BatchResult(len(events), len(events), 0, 0)
+        return BatchResult(len(events), 0, retrying, dead)
+    except (DatabaseError, InterfaceError) as exc:
+        if publish_took is None or not outermost:
+            raise
+        # Published, but the commit failed: the session was ended (the publish
+        # outlasted the hold limit, or the database went away). The rows are
+        # pending again; count it, or a broker that is always this slow gets the
+        # batch again on every pass and it is never dead-lettered.
+        _reconnect()
+        hold = float(conf.OUTBOX_PUBLISH_TIMEOUT)
+        reason = (
+            f"the relay's transaction ended before its commit ({type(exc).__name__}: "
+            f"{exc}); the publish took {publish_took:.1f}s against a hold limit of "
+            f"OUTBOX_PUBLISH_TIMEOUT = {hold:g}s, and the batch may have reached the broker"
+        )
+        retrying, dead = _count_failure(events, reason)
+        logger.warning(
+            "a published batch of %d outbox events did not commit (%s); counted as a "
+            "failed attempt: %d will be retried, %d are dead",
+            len(events),
+            reason,
+            retrying,
+            dead,
+        )
+        return BatchResult(len(events), 0, retrying, dead)
+    return BatchResult(len(events), len(events), 0, 0, claimed.window_full)
+
+
+def _count_failure(events: list[store.ClaimedEvent], error: str) -> tuple[int, int]:
+    return failures.mark_failed(
+        [e.id for e in events],
+        error=error,
+        max_attempts=int(conf.OUTBOX_MAX_ATTEMPTS),
+        backoff=float(conf.OUTBOX_RETRY_BACKOFF),
+        max_backoff=float(conf.OUTBOX_RETRY_MAX_BACKOFF),
+    )
+
+
+def _reconnect() -> None:
+    """Drop a connection the server has closed, so the next query opens a new one."""
+    if connection.connection is not None and not connection.is_usable():
+        connection.close()
 
 
 def drain(
@@ -190,10 +236,14 @@ def drain(
     should_stop: Callable[[], bool] | None = None,
     publisher: Publisher | None = None,
 ) -> DrainReport:
-    """Relay batches until one comes back short (or a publish fails, or time is up).
+    """Relay batches until there is nothing left to claim (or a publish fails, or
+    time is up).
 
-    A failed publish stops the drain: the broker is likely down, and the failed
-    rows already wait for their retry time.
+    A batch that comes back empty ends the drain, and so does a short one whose
+    window was not full: everything publishable was in it. A short batch from a
+    full window means other relays own keys at the head; the drain goes on with the
+    keys after them. A failed publish stops the drain: the broker is likely down,
+    and the failed rows already wait for their retry time.
     """
     limit = int(batch_size or conf.OUTBOX_BATCH_SIZE)
     publisher = publisher or get_publisher()
@@ -206,7 +256,9 @@ def drain(
         report.published += result.published
         report.failed += result.failed
         report.dead += result.dead
-        if result.claimed < limit or result.failed or result.dead:
+        if result.failed or result.dead or not result.claimed:
+            break
+        if result.claimed < limit and not result.window_full:
             break
         if should_stop is not None and should_stop():
             break

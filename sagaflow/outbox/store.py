@@ -1,26 +1,32 @@
-"""Every query on ``OutboxEvent``: all the relay's PostgreSQL SQL (the consumers'
-inbox is ``inbox.py``).
+"""Every query on ``OutboxEvent`` but the counting of failed publishes
+(``failures.py``); the consumers' inbox is ``inbox.py``.
 
 **Claiming** (``claim``) runs inside the relay's transaction as one statement
-(one round trip, see its docstring for why one snapshot is enough):
+(one round trip):
 
-1. take *key ownership*: a transaction-level advisory lock per ordering key
-   (``pg_try_advisory_xact_lock``, never a session lock: P7) for the keys of the
-   first pending rows that no other relay owns;
-2. lock the rows to publish with ``FOR UPDATE SKIP LOCKED``: rows without a key,
-   and rows of owned keys that have no earlier pending event still waiting for a
-   retry (head-of-line per key);
-3. mark them ``published`` (or delete them, ``OUTBOX_KEEP_PUBLISHED = False``)
-   and return the batch as one JSON array.
+1. look at a *window* of the first pending, available rows in id order, so a claim
+   costs the same with 10⁴ or 10⁶ rows waiting;
+2. walk it key by key (each key's rows together, keys in the order of their first
+   row) and take *key ownership* on the way: a transaction-level advisory lock per
+   ordering key (``pg_try_advisory_xact_lock``, never a session lock: P7), only for
+   the keys whose rows fill this batch. Other relays skip owned keys and take the
+   next ones, so the events of different keys are relayed in parallel;
+3. lock the rows with ``FOR UPDATE SKIP LOCKED``, mark them ``published`` (or
+   delete them, ``OUTBOX_KEEP_PUBLISHED = False``) and return the batch as one
+   JSON array.
 
-Ownership is what keeps per-key order with several relays (P1): only the owner of
-a key publishes its events, in id order, and a relay that takes a key over sees
-everything the previous owner committed. There is no high-water mark (P2): the
-claim selects pending rows, so a row that commits late is still found (a claim
-with a ``floor`` may find it up to a second later: ``relay.FULL_SCAN_EVERY``). The
-claim looks only at a window of the first pending rows (``window``), so a
-claim costs the same with 10⁴ or 10⁶ rows waiting, even when other relays own
-most of the keys at the head.
+Ownership keeps per-key order with several relays (P1): only the owner of a key
+publishes its events, in id order. There is no high-water mark (P2): the claim
+selects pending rows, so a row that commits late is still found (a claim with a
+``floor`` may find it up to a second later: ``relay.FULL_SCAN_EVERY``).
+
+**A key waits behind its retrying head**, and the wait is written into the rows:
+``failures.mark_failed`` gives a key's failed events one retry time and moves every
+later pending event of the key to it; ``insert_event`` gives a new event of a
+waiting key that time too. So a waiting key's events are not in the window at all
+(one hot key behind a failed head cannot crowd the others out), and ``FOR UPDATE``
+re-reads the latest ``available_at`` of every row it locks: a failure counted after
+a claim's snapshot but before its key lock still stops the claim (the rows changed).
 
 Times are the database's clock (``now()``, C11).
 """
@@ -30,7 +36,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import connection
 from psycopg.types.json import Jsonb
@@ -46,6 +52,7 @@ CHANNEL = "sagaflow_outbox"
 #: collide with an application's own advisory locks on the same hash.
 WRITER_LOCK_NS = 0x5AF1_0001  # publishers of one key, until their commit
 OWNER_LOCK_NS = 0x5AF1_0002  # the relay that owns a key, until its commit
+ROW_LOCK_NS = 0x5AF1_0003  # the relay that owns a keyless event (hashint8 of its id)
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,14 @@ class ClaimedEvent:
 
 # --- writing events ------------------------------------------------------------------
 
+#: A new event's ``available_at``: now, or the retry time of its key's failed events
+#: if that is later (the key waits behind them). Reads ``sagaflow_outbox_retrying``,
+#: which holds only failed events, so it is one probe of an (almost always) empty range.
+_KEY_CLOCK = (
+    f"greatest(now(), (SELECT max(r.available_at) FROM {OUTBOX} r"
+    " WHERE r.key = %s AND r.state = 'pending' AND r.attempts > 0))"
+)
+
 
 def insert_event(
     *,
@@ -90,9 +105,9 @@ def insert_event(
             cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [WRITER_LOCK_NS, key])
         cursor.execute(
             f"INSERT INTO {OUTBOX} (topic, key, payload, headers, state, attempts, last_error,"
-            " created_at, available_at) VALUES (%s, %s, %s, %s, 'pending', 0, '', now(), now())"
-            " RETURNING id",
-            [topic, key, Jsonb(payload), Jsonb(headers)],
+            f" created_at, available_at) VALUES (%s, %s, %s, %s, 'pending', 0, '', now(),"
+            f" {_KEY_CLOCK % '%s'}) RETURNING id",
+            [topic, key, Jsonb(payload), Jsonb(headers), key],
         )
         (event_id,) = cursor.fetchone()
         if notify:
@@ -104,7 +119,8 @@ def insert_event(
 def insert_events(rows: Iterable[tuple[str, str | None, Any]], *, notify: bool = True) -> int:
     """Bulk insert ``(topic, key, payload)`` rows (tests and benchmarks); returns the count.
 
-    No per-key writer lock: the caller is one transaction, whose ids are in order.
+    No per-key writer lock: the caller is one transaction, whose ids are in order; it
+    must not run while a relay counts a failure of one of its keys (``mark_failed``).
     """
     rows = list(rows)
     if not rows:
@@ -113,7 +129,7 @@ def insert_events(rows: Iterable[tuple[str, str | None, Any]], *, notify: bool =
         cursor.execute(
             f"INSERT INTO {OUTBOX} (topic, key, payload, headers, state, attempts, last_error,"
             " created_at, available_at)"
-            " SELECT t, k, p, '{}'::jsonb, 'pending', 0, '', now(), now()"
+            f" SELECT t, k, p, '{{}}'::jsonb, 'pending', 0, '', now(), {_KEY_CLOCK % 'k'}"
             " FROM unnest(%s::text[], %s::text[], %s::jsonb[]) WITH ORDINALITY AS r(t, k, p, n)"
             " ORDER BY n",
             [[r[0] for r in rows], [r[1] for r in rows], [Jsonb(r[2]) for r in rows]],
@@ -139,14 +155,24 @@ _RELAY_SETTINGS = (
     " set_config('synchronous_commit', 'off', true)"
 )
 
-#: A claimed batch as one JSON array built by PostgreSQL: one value to decode
-#: instead of two JSON columns per row.
+#: A claimed batch as one JSON array built by PostgreSQL (one value to decode instead
+#: of two JSON columns per row), the window's first id and whether it was full.
 _BATCH_JSON = (
     "SELECT json_agg(json_build_object('id', d.id, 'topic', d.topic, 'key', d.key,"
     " 'payload', d.payload, 'headers', d.headers, 'attempts', d.attempts, 'created_at',"
     " to_char(d.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))"
-    " ORDER BY d.id)::text, (SELECT min(id) FROM w) FROM d"
+    " ORDER BY d.id)::text, (SELECT min(id) FROM w), (SELECT count(*) FROM w) FROM d"
 )
+
+
+class Claim(NamedTuple):
+    """What one claim took: the events (id order), the first id of the window it
+    looked at (the floor of a later claim) and whether that window was full (there
+    may be more to claim even if this batch came back short)."""
+
+    events: list[ClaimedEvent]
+    first_id: int | None
+    window_full: bool
 
 
 def claim(
@@ -156,30 +182,38 @@ def claim(
     keep_published: bool = True,
     hold_limit: float = 10.0,
     floor: int = 0,
-) -> tuple[list[ClaimedEvent], int | None]:
+) -> Claim:
     """Claim up to ``limit`` publishable events and take them out of the pending set.
 
     One statement, one round trip: bound the transaction (``_RELAY_SETTINGS``),
-    take key ownership, lock the rows (``FOR UPDATE SKIP LOCKED``) and mark them
-    ``published`` (``keep_published``) or delete them, returning them in id order.
-    Run it inside the relay's transaction: if the publish then fails, rolling
-    the transaction back puts the rows back, pending and unlocked.
+    take the window, own the keys that fill the batch, lock the rows
+    (``FOR UPDATE SKIP LOCKED``) and mark them ``published`` (``keep_published``)
+    or delete them, returning them in id order. Run it inside the relay's
+    transaction: if the publish then fails, rolling the transaction back puts
+    the rows back, pending and unlocked.
 
-    Ownership (``k``) and the row locks (``c``) share one snapshot. That is safe in
-    READ COMMITTED: a row another relay published after our snapshot but before we
-    got its key is either deleted (``FOR UPDATE`` skips it) or updated to
-    ``published`` (``FOR UPDATE`` re-checks the new version, which no longer
-    matches ``state = 'pending'``); a row committed after our snapshot waits for
-    the next batch. Per key, writers commit in id order (``OUTBOX_SERIALIZE_KEYS``),
-    so the head-of-line rule sees every earlier event of an owned key.
+    The window is read on the statement's snapshot, the key locks are taken after
+    it. That is safe in READ COMMITTED because ``FOR UPDATE`` re-reads each row it
+    locks: a row another relay published since our snapshot is skipped (deleted, or
+    no longer ``pending``); a row whose key's failure was counted since is skipped
+    (``mark_failed`` moved its ``available_at``); a row committed after our
+    snapshot waits for the next batch. Per key, writers commit in id order
+    (``OUTBOX_SERIALIZE_KEYS``), so an owned key's rows are all there.
+
+    Head-of-line per key: a key is passed over while an earlier pending event of it
+    is not yet due (usually such a key's rows are not in the window at all: see the
+    module docstring; the check covers rows written otherwise, e.g. by
+    ``insert_events``, or a new event whose inherited time is later than a
+    successor's) or lies below the floor. Each key is checked and owned once per
+    claim, whatever plan PostgreSQL picks: a key whose lock was tried twice could
+    be refused for its first rows and granted for its later ones.
 
     ``floor``: look only at pending rows with ``id >= floor`` (0: all). Under a
     long-lived snapshot elsewhere (P3) the rows relayed since cannot be vacuumed,
     and an index scan from the first pending id walks all of them on every
     claim; a floor skips them. Rows below the floor are found by the next claim
     without one, and an event below the floor blocks the later events of its
-    key (head-of-line), so a floor may delay an event, never reorder a key.
-    Returns the events and the window's first id (the floor of a later claim).
+    key, so a floor may delay an event, never reorder a key.
     """
     window = window or limit * 4
     take = (
@@ -191,44 +225,53 @@ def claim(
     with connection.cursor() as cursor:
         cursor.execute(
             f"WITH s AS MATERIALIZED ({_RELAY_SETTINGS}),"
-            # The first pending rows: the only ones this batch looks at, so a
-            # claim costs the same with 10^4 or 10^6 rows waiting.
+            # The first pending, available rows: the only ones this batch looks at.
             f" w AS MATERIALIZED (SELECT id, key FROM {OUTBOX}, s"
             "   WHERE state = 'pending' AND available_at <= now() AND id >= %(floor)s"
             "   ORDER BY id LIMIT %(window)s),"
-            # Key ownership: a transaction-level advisory lock (P7) per key, in id
-            # order, for the keys of at most ``limit`` rows that no other relay owns.
-            " k AS MATERIALIZED (SELECT w.key FROM w"
-            "   WHERE w.key IS NOT NULL AND pg_try_advisory_xact_lock(%(ns)s, hashtext(w.key))"
-            "   LIMIT %(limit)s),"
-            # The rows to publish: keyless ones and those of owned keys, unless an
-            # earlier event of the key waits for a retry or lies below the floor
-            # (head-of-line).
-            f" c AS MATERIALIZED (SELECT e.id FROM {OUTBOX} e"
-            "   WHERE e.id IN (SELECT w.id FROM w WHERE w.key IS NULL"
-            "       OR w.key IN (SELECT key FROM k))"
-            "     AND e.state = 'pending' AND e.available_at <= now()"
-            "     AND (e.key IS NULL OR (NOT EXISTS ("
-            f"      SELECT 1 FROM {OUTBOX} p WHERE p.key = e.key AND p.state = 'pending'"
-            "         AND p.id < e.id AND p.available_at > now())"
-            "       AND NOT EXISTS ("
-            f"      SELECT 1 FROM {OUTBOX} p WHERE p.key = e.key AND p.state = 'pending'"
-            "         AND p.id < least(e.id, %(floor)s))))"
-            "   ORDER BY e.id LIMIT %(limit)s"
-            "   FOR UPDATE OF e SKIP LOCKED),"
+            # One entry per key (its window rows, in id order) and per keyless row,
+            # in the order of their first row.
+            " k AS MATERIALIZED (SELECT key, min(id) AS first, max(id) AS last,"
+            "   array_agg(id ORDER BY id) AS ids FROM w"
+            "   GROUP BY key, CASE WHEN key IS NULL THEN id END ORDER BY 2),"
+            # Ownership, decided once per entry (a MATERIALIZED CTE computes each of
+            # its rows once, whatever plan reads it) and lazily (only for the entries
+            # that ``q`` reads before its LIMIT): a transaction-level advisory lock on
+            # the key, or on the keyless row, so a batch owns as few keys as fill it
+            # and other relays take the next ones. A key that waits (an earlier event
+            # of it not yet due, or below the floor: head-of-line) is not owned.
+            " o AS MATERIALIZED (SELECT ids, CASE WHEN key IS NULL"
+            "   THEN pg_try_advisory_xact_lock(%(row_ns)s, hashint8(first))"
+            "   ELSE NOT EXISTS ("
+            f"    SELECT 1 FROM {OUTBOX} p WHERE p.key = k.key AND p.state = 'pending'"
+            "       AND p.id < k.last AND p.available_at > now())"
+            "     AND NOT EXISTS ("
+            f"    SELECT 1 FROM {OUTBOX} p WHERE p.key = k.key AND p.state = 'pending'"
+            "       AND p.id < least(k.first, %(floor)s))"
+            "     AND pg_try_advisory_xact_lock(%(ns)s, hashtext(k.key)) END AS mine FROM k),"
+            # The batch: owned entries' rows in that order (so per key a prefix, in id
+            # order), up to the limit. LATERAL keeps ``o`` the outer, lazily read side.
+            " q AS MATERIALIZED (SELECT r.id FROM o CROSS JOIN LATERAL unnest(o.ids) AS r(id)"
+            "   WHERE o.mine LIMIT %(limit)s),"
+            # Row locks; FOR UPDATE re-reads each row, skipping what changed since the
+            # snapshot (published by another relay, or its key's failure counted).
+            f" c AS MATERIALIZED (SELECT e.id FROM {OUTBOX} e WHERE e.id IN (SELECT id FROM q)"
+            "   AND e.state = 'pending' AND e.available_at <= now() FOR UPDATE OF e SKIP LOCKED),"
             f" d AS ({take} WHERE d.id = c.id RETURNING d.*)"
             f" {_BATCH_JSON}",
             {
                 "idle_ms": idle_ms,
                 "window": window,
                 "ns": OWNER_LOCK_NS,
+                "row_ns": ROW_LOCK_NS,
                 "limit": limit,
                 "floor": floor,
             },
         )
-        batch, first = cursor.fetchone()
+        batch, first, seen = cursor.fetchone()
+    full = seen >= window
     if batch is None:
-        return [], first
+        return Claim([], first, full)
     events = [
         ClaimedEvent(
             e["id"],
@@ -241,41 +284,7 @@ def claim(
         )
         for e in json.loads(batch)
     ]
-    return events, first
-
-
-def mark_failed(
-    ids: Sequence[int], *, error: str, max_attempts: int, backoff: float, max_backoff: float
-) -> tuple[int, int]:
-    """Count a failed publish; returns (retrying, dead).
-
-    The next try waits ``backoff * 2**(attempts-1)`` capped at ``max_backoff``,
-    with equal jitter, through ``available_at``: long waits live in PostgreSQL,
-    never as a broker ETA (C5).
-
-    The relay calls this after rolling its claim back, so it first takes (waiting)
-    the ownership of the events' keys. Without it, another relay could own a key
-    while this update holds the key's first event locked: its ``SKIP LOCKED`` claim
-    would pass over that event and publish a later one of the key first.
-    """
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(pg_advisory_xact_lock(%s, hashtext(k))) FROM ("
-            f" SELECT DISTINCT key AS k FROM {OUTBOX}"
-            " WHERE id = ANY(%s) AND key IS NOT NULL ORDER BY 1) AS keys",
-            [OWNER_LOCK_NS, list(ids)],
-        )
-        cursor.execute(
-            f"UPDATE {OUTBOX} SET attempts = attempts + 1, last_error = %s,"
-            "  state = CASE WHEN attempts + 1 >= %s THEN 'dead' ELSE 'pending' END,"
-            "  available_at = now() + make_interval(secs =>"
-            "    least(%s, %s * power(2, least(attempts, 60))) * (0.5 + random() / 2))"
-            " WHERE id = ANY(%s) AND state = 'pending' RETURNING state",
-            [error[:2000], max_attempts, max_backoff, backoff, list(ids)],
-        )
-        states = [row[0] for row in cursor.fetchall()]
-    dead = states.count("dead")
-    return len(states) - dead, dead
+    return Claim(events, first, full)
 
 
 def requeue_dead(ids: Sequence[int] | None = None) -> int:
@@ -308,13 +317,20 @@ def requeue_where(sql: str, ids: Sequence[int] | None) -> int:
 
 
 def backlog() -> dict[str, Any]:
-    """Pending and dead counts and the age in seconds of the oldest pending event."""
+    """Pending and dead counts and the age in seconds of the oldest pending event.
+
+    Read through the partial indexes of pending and dead rows, so it touches the
+    rows it counts, never the published history (status, metrics scrapes and the
+    admin call it). The oldest pending event is the one with the smallest id: ids
+    follow insertion, so that is the oldest but for transactions still open when
+    it was written.
+    """
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT count(*) FILTER (WHERE state = 'pending'),"
-            f" count(*) FILTER (WHERE state = 'dead'),"
-            f" extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending'))"
-            f" FROM {OUTBOX} WHERE state IN ('pending', 'dead')"
+            f"SELECT (SELECT count(*) FROM {OUTBOX} WHERE state = 'pending'),"
+            f" (SELECT count(*) FROM {OUTBOX} WHERE state = 'dead'),"
+            " (SELECT extract(epoch FROM now() - created_at)"
+            f"   FROM {OUTBOX} WHERE state = 'pending' ORDER BY id LIMIT 1)"
         )
         pending, dead, age = cursor.fetchone()
     return {"pending": pending, "dead": dead, "oldest_pending_seconds": float(age or 0)}

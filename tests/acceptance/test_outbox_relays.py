@@ -217,3 +217,28 @@ def test_relay_survives_losing_its_database_session(relays, queue):
     assert relay.process.poll() is None, relay.output()  # the same process, still running
     lost, _ = losses_and_duplicates(ids, received(queue))
     assert lost == set()
+
+
+def test_three_relays_share_50_hot_keys_and_keep_each_keys_order(relays, queue):
+    """Events of different keys are relayed in parallel: with 50 keys in a 3,000-event
+    backlog no relay may own every key of its window while the others idle."""
+    started = relays(3, OUTBOX_TEST_QUEUE=queue.name, OUTBOX_TEST_BATCH_SIZE="100")
+    with override_settings(SAGAFLOW=PARENT), transaction.atomic():
+        outbox_store.insert_events(("order.event", f"hot-{i % 50}", {"n": i}) for i in range(3000))
+    wait_until(lambda: pending() == 0, timeout=90, every=0.1, what="the outbox to drain")
+    stats = [relay.stop() for relay in started]
+
+    per_relay = [s["published"] for s in stats]
+    events = received(queue)
+    ids = list(OutboxEvent.objects.values_list("id", flat=True))
+    lost, duplicates = losses_and_duplicates(ids, events)
+    print(f"3000 events, 50 keys, 3 relays: per relay {per_relay}")
+    assert lost == set() and duplicates == 0
+    assert sum(per_relay) == 3000
+    assert min(per_relay) >= 300, f"a relay was left out of the hot keys: {per_relay}"
+    order: dict[str, list[int]] = defaultdict(list)
+    for event in events:
+        order[event["key"]].append(event["id"])
+    assert len(order) == 50
+    for key, published in order.items():
+        assert published == sorted(published), f"key {key} published out of order"

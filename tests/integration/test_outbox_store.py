@@ -128,7 +128,10 @@ def test_drain_publishes_everything_in_batches_until_a_short_one():
     report = relay.drain(batch_size=10, publisher=capture)
     assert report.as_dict() == {"batches": 3, "published": 25, "failed": 0, "dead": 0}
     assert [len(b) for b in capture.batches] == [10, 10, 5]
-    assert capture.ids == ids
+    assert sorted(capture.ids) == ids
+    for key in ("k0", "k1", "k2"):  # per key in order; keys are not ordered among them
+        of_key = [e["id"] for b in capture.batches for e in b if e["key"] == key]
+        assert of_key == sorted(of_key)
     assert set(states().values()) == {OutboxState.PUBLISHED}
     assert relay.drain(publisher=capture).published == 0
 
@@ -178,8 +181,11 @@ def test_a_key_waits_behind_its_retrying_head_other_keys_do_not():
     capture = Capture()
     relay.drain(publisher=capture)
     assert capture.ids == [other, unkeyed]
+    # The one behind the head waits with it: it was given the head's retry time.
+    head = OutboxEvent.objects.get(pk=first)
+    assert OutboxEvent.objects.get(pk=second).available_at == head.available_at
     # The head's retry comes due: it goes first, then the one behind it.
-    OutboxEvent.objects.filter(pk=first).update(
+    OutboxEvent.objects.filter(key="a").update(
         available_at=OutboxEvent.objects.get(pk=other).created_at
     )
     relay.drain(publisher=capture)

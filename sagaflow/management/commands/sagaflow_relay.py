@@ -6,6 +6,11 @@ passes (retries that became due, a notification missed while draining). Run as
 many as you like: they share work through ``SKIP LOCKED`` and key ownership.
 SIGTERM/SIGINT stop it after the current batch. With it running, you may set
 ``OUTBOX_KICK_ON_COMMIT = False`` so commits do not also send a Celery task.
+
+It outlives what goes wrong around it: a lost database session (a PostgreSQL
+restart, a session ended by a timeout), a broker that fails or hangs, an error in
+a publisher. Each is logged and the loop continues after a backoff, on a new
+connection when the old one is gone; only SIGTERM/SIGINT end it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from sagaflow.outbox import consumers, relay
 from sagaflow.outbox import store as outbox_store
 
 logger = logging.getLogger("sagaflow.relay")
+
+#: Longest wait between two tries after an error (seconds).
+MAX_ERROR_BACKOFF = 30.0
 
 
 class Command(BaseCommand):
@@ -45,17 +53,20 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, self._stop)
         poll = float(options["poll_interval"] or conf.OUTBOX_POLL_INTERVAL)
         total = relay.DrainReport()
-        listening = False
+        #: the psycopg connection our LISTEN was issued on (a new one is not listening)
+        listening_on: Any = None
         failures = 0
         retries_at = 0.0
         self.stdout.write("sagaflow relay ready", ending="\n")
         self.stdout.flush()
         while not self.stopping:
             try:
-                if not listening and connection.vendor == "postgresql":
+                if connection.vendor == "postgresql" and (
+                    listening_on is None or connection.connection is not listening_on
+                ):
                     with connection.cursor() as cursor:
                         cursor.execute(f"LISTEN {outbox_store.CHANNEL}")
-                    listening = True
+                    listening_on = connection.connection
                 report = relay.drain(
                     batch_size=options["batch_size"], should_stop=lambda: self.stopping
                 )
@@ -70,17 +81,30 @@ class Command(BaseCommand):
                 failures = 0
                 if options["once"]:
                     break
-                # Drained (a short batch). If the broker is failing, the rows wait
-                # for their retry time and a NOTIFY must not cut the wait short.
-                self._wait(poll, listening=listening and not (report.failed or report.dead))
+                # Drained. If the broker is failing, the rows wait for their retry
+                # time and a NOTIFY must not cut the wait short.
+                listening = (
+                    listening_on is not None
+                    and connection.connection is listening_on
+                    and not (report.failed or report.dead)
+                )
+                self._wait(poll, listening=listening)
             except (OperationalError, InterfaceError):
                 # The database restarted or ended our session (C12): reconnect.
                 failures += 1
                 logger.warning("relay lost its database connection", exc_info=True)
-                listening = False
-                close_old_connections()
-                connection.close()
-                self._wait(min(30.0, 0.5 * 2**failures), listening=False)
+                listening_on = None
+                self._reset_connection()
+                self._wait(min(MAX_ERROR_BACKOFF, 0.5 * 2**failures), listening=False)
+            except Exception:
+                # Anything else (a publisher's bug, an unexpected database error):
+                # the rows are still there; log, back off, go on.
+                failures += 1
+                logger.exception("relay pass failed; trying again")
+                if connection.connection is not None and not connection.is_usable():
+                    listening_on = None
+                    self._reset_connection()
+                self._wait(min(MAX_ERROR_BACKOFF, 0.5 * 2**failures), listening=False)
         self.stdout.write(
             "sagaflow relay stopped: " + " ".join(f"{k}={v}" for k, v in total.as_dict().items()),
             ending="\n",
@@ -89,6 +113,11 @@ class Command(BaseCommand):
 
     def _stop(self, signum: int, frame: Any) -> None:
         self.stopping = True
+
+    @staticmethod
+    def _reset_connection() -> None:
+        close_old_connections()
+        connection.close()
 
     def _wait(self, seconds: float, *, listening: bool) -> None:
         if not listening:
