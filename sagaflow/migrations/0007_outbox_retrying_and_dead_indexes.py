@@ -30,7 +30,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("sagaflow", "0005_step_ordering"),
+        ("sagaflow", "0006_saga_versions_and_resolution"),
     ]
 
     operations = [
