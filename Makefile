@@ -17,10 +17,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# mypy ([tool.mypy] in pyproject.toml): strict on the public API, normal on the rest of
+# sagaflow/, and tests/types' assert_type checks of what a user's code sees.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check sagaflow tests bench demo_shop
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	DATABASE_URL= CELERY_BROKER_URL=memory:// $(BIN)/python manage.py makemigrations --check --dry-run
 
 # The admin browser test drives Debian's Chromium; install it when we can (root, as in CI).

@@ -6,6 +6,8 @@ app never imports a project's Celery app (``shared_task``).
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from celery import Task, shared_task
 from django.db import InterfaceError, OperationalError
 
@@ -13,10 +15,23 @@ from .ops.janitor import clean
 from .saga import engine, sweeper
 from .sending import ONE_ATTEMPT
 
+
+class _TaskOptions(TypedDict):
+    """The options below, typed so that ``shared_task(**AT_LEAST_ONCE)`` is checked."""
+
+    acks_late: bool
+    reject_on_worker_lost: bool
+    ignore_result: bool
+    autoretry_for: tuple[type[BaseException], ...]
+    retry_backoff: int
+    retry_backoff_max: int
+    max_retries: int
+
+
 #: Options of every task that must run at least once: acked after it ran, returned
 #: to the queue if its process dies, and retried shortly after a database restart
 #: (if that fails too, the sweepers recover from the rows).
-AT_LEAST_ONCE = {
+AT_LEAST_ONCE: _TaskOptions = {
     "acks_late": True,
     "reject_on_worker_lost": True,
     "ignore_result": True,
@@ -58,7 +73,8 @@ def relay_outbox() -> dict[str, int]:
         # Stopped by the time budget with work left? A fresh task continues.
         last_full = report["published"] == report["batches"] * int(conf.OUTBOX_BATCH_SIZE)
         if last_full:
-            relay_outbox.apply_async(queue=conf.QUEUE or None, **ONE_ATTEMPT)
+            # queue=None is Celery's default queue; celery-types does not allow None.
+            relay_outbox.apply_async(queue=conf.QUEUE or None, **ONE_ATTEMPT)  # type: ignore[arg-type]
     report["consumer_retries"] = consumers.redeliver_due()
     return report
 

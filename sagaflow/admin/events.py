@@ -66,7 +66,9 @@ class OutboxEventAdmin(GuardedActionsMixin, ReadOnlyMixin, admin.ModelAdmin):
         "payload_shown",
         "headers_shown",
     ]
-    fields = readonly_fields
+    # One list of names, shown read-only: django-stubs types fields and readonly_fields
+    # as different lists (invariant), though a list[str] is valid for both.
+    fields = readonly_fields  # type: ignore[assignment]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> Any:
         context = {**(extra_context or {}), "outbox_backlog": outbox_store.backlog()}
@@ -163,7 +165,9 @@ class IdempotencyKeyAdmin(GuardedActionsMixin, ReadOnlyMixin, admin.ModelAdmin):
         "response_status",
         "body_size",
     ]
-    readonly_fields = fields
+    # One list of names, shown read-only: django-stubs types fields and readonly_fields
+    # as different lists (invariant), though a list[str] is valid for both.
+    readonly_fields = fields  # type: ignore[assignment]
 
     @admin.display(description="stored body")
     def body_size(self, key: IdempotencyKey) -> str:

@@ -67,7 +67,9 @@ class SagaStepInline(ReadOnlyMixin, admin.TabularInline):
         "result_shown",
         "timeline",
     ]
-    readonly_fields = fields
+    # One list of names, shown read-only: django-stubs types fields and readonly_fields
+    # as different lists (invariant), though a list[str] is valid for both.
+    readonly_fields = fields  # type: ignore[assignment]
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """A run's steps are part of the run: whoever may view the saga sees them
@@ -189,7 +191,9 @@ class SagaAdmin(GuardedActionsMixin, ReadOnlyMixin, admin.ModelAdmin):
         "data_shown",
         "results_shown",
     ]
-    fields = readonly_fields
+    # One list of names, shown read-only: django-stubs types fields and readonly_fields
+    # as different lists (invariant), though a list[str] is valid for both.
+    fields = readonly_fields  # type: ignore[assignment]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         current = SagaStep.objects.filter(saga=OuterRef("pk"), index=OuterRef("current_step"))

@@ -18,7 +18,7 @@ import functools
 import logging
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast, overload
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.db import InterfaceError, OperationalError, connections, transaction
@@ -62,17 +62,42 @@ register_points(
     "idempotency.after_view",  # the view ran; its response is not recorded
 )
 
-V = TypeVar("V")
+#: A view: a function, a handler method or a class-based view (a class is callable too).
+_View = TypeVar("_View", bound=Callable[..., Any])
+_Class = TypeVar("_Class", bound=type)
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+@overload
+def idempotent(
+    view: _View,
+    /,
+    *,
+    required: bool = ...,
+    ttl: timedelta | float | None = ...,
+    scope: ScopeFunction | None = ...,
+) -> _View: ...
+
+
+@overload
+def idempotent(
+    view: None = None,
+    /,
+    *,
+    required: bool = ...,
+    ttl: timedelta | float | None = ...,
+    scope: ScopeFunction | None = ...,
+) -> Callable[[_View], _View]: ...
 
 
 def idempotent(
-    view: V | None = None,
+    view: _View | None = None,
     /,
     *,
     required: bool = False,
     ttl: timedelta | float | None = None,
     scope: ScopeFunction | None = None,
-) -> Any:
+) -> _View | Callable[[_View], _View]:
     """Make a view honour ``Idempotency-Key`` on POST, PUT, PATCH and DELETE.
 
     Use bare (``@idempotent``) or with options. Decorates a function view, a
@@ -80,21 +105,21 @@ def idempotent(
     the class itself (each of its post/put/patch/delete handlers). ``required``
     answers 400 to a request without a key; ``ttl`` (seconds or timedelta)
     overrides ``SAGAFLOW['IDEMPOTENCY_TTL']``; ``scope(request) -> str | None``
-    overrides ``SAGAFLOW['IDEMPOTENCY_SCOPE']``.
+    overrides ``SAGAFLOW['IDEMPOTENCY_SCOPE']``. The decorated view keeps its type.
     """
     policy = Policy.of(required=required, ttl=ttl, scope=scope)
 
-    def decorate(target: V) -> V:
+    def decorate(target: _View) -> _View:
         if isinstance(target, type):
             return _decorate_class(target, policy)
         if not callable(target):
             raise ConfigurationError(f"@idempotent cannot decorate {target!r}: not a view.")
-        return _wrap(target, policy)  # type: ignore[return-value]
+        return _wrap(target, policy)
 
     return decorate(view) if view is not None else decorate
 
 
-def _decorate_class(cls: V, policy: Policy) -> V:
+def _decorate_class(cls: _Class, policy: Policy) -> _Class:
     found = [name for name in _UNSAFE_HANDLERS if callable(getattr(cls, name, None))]
     if not found:
         raise ConfigurationError(
@@ -118,7 +143,8 @@ def _find_request(args: tuple[Any, ...]) -> Any:
     )
 
 
-def _wrap(view: Callable[..., Any], policy: Policy) -> Callable[..., Any]:
+def _wrap(view: _Function, policy: Policy) -> _Function:
+    """``view`` wrapped in the idempotency flow; the wrapper takes and returns what it does."""
     if iscoroutinefunction(view):
 
         @functools.wraps(view)
@@ -135,8 +161,10 @@ def _wrap(view: Callable[..., Any], policy: Policy) -> Callable[..., Any]:
                 return prepared
             return await _run_async(prepared, view, args, kwargs)
 
+        # The marker the system checks look for (sagaflow.checks); not part of the type.
         async_wrapper.sagaflow_idempotent = policy  # type: ignore[attr-defined]
-        return async_wrapper
+        # functools.wraps types the wrapper as (*args, **kwargs): it has view's signature.
+        return cast(_Function, async_wrapper)
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -151,8 +179,10 @@ def _wrap(view: Callable[..., Any], policy: Policy) -> Callable[..., Any]:
             return prepared
         return _run_sync(prepared, request, view, args, kwargs)
 
+    # The marker the system checks look for (sagaflow.checks); not part of the type.
     wrapper.sagaflow_idempotent = policy  # type: ignore[attr-defined]
-    return wrapper
+    # functools.wraps types the wrapper as (*args, **kwargs): it has view's signature.
+    return cast(_Function, wrapper)
 
 
 def _claim(
@@ -260,17 +290,18 @@ def _run_sync(
 ) -> Any:
     using = store.alias()
     atomic_mode = connections[using].in_atomic_block
+    outcome: Claimed | Reserved | HttpResponse
     try:
         if atomic_mode:
-            outcome = _cached(prepared, using)
-            if outcome is None:
-                outcome = _claim(prepared, using, atomic_mode=True)
+            cached = _cached(prepared, using)
+            outcome = cached if cached is not None else _claim(prepared, using, atomic_mode=True)
         else:
             outcome = _claim_first(prepared, using)
     except _UNREACHABLE as error:
         return _unavailable(error, using)
     if isinstance(outcome, HttpResponseBase):
         return outcome
+    # request.idempotency is sagaflow's attribute (set by the middleware), not Django's.
     prepared.http.idempotency = IdempotencyInfo(  # type: ignore[attr-defined]
         prepared.key, prepared.scope, outcome.attempt, ATOMIC if atomic_mode else CLAIM_FIRST
     )
@@ -316,6 +347,7 @@ async def _run_async(prepared: Prepared, view: Callable[..., Any], args: Any, kw
         return await sync_to_async(_unavailable)(error, using)
     if isinstance(outcome, HttpResponseBase):
         return outcome
+    # request.idempotency is sagaflow's attribute (set by the middleware), not Django's.
     prepared.http.idempotency = IdempotencyInfo(  # type: ignore[attr-defined]
         prepared.key, prepared.scope, outcome.attempt, CLAIM_FIRST
     )

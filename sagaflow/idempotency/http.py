@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from typing import TYPE_CHECKING, cast
 
 import http_sf
 from django.core.files.uploadedfile import UploadedFile
@@ -15,6 +16,9 @@ from django.http import HttpRequest, HttpResponse
 from django.http.multipartparser import MultiPartParserError
 from django.http.request import RawPostDataException
 from django.http.response import HttpResponseBase
+
+if TYPE_CHECKING:
+    from http_sf.types import BareItemType, ParamsType
 
 from ..conf import conf
 from ..exceptions import (
@@ -80,7 +84,10 @@ def parse_key(raw: str | None) -> str | None:
                 f"without spaces, quotes or backslashes, e.g. a random UUID."
             )
     try:
-        item, _parameters = http_sf.parse(raw.encode("ascii"), tltype="item")
+        # An Item parses to (value, parameters); http_sf types it as any structure.
+        item, _parameters = cast(
+            "tuple[BareItemType, ParamsType]", http_sf.parse(raw.encode("ascii"), tltype="item")
+        )
     except http_sf.StructuredFieldError:
         item = None
     if isinstance(item, str | http_sf.Token):  # a String or a Token

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
@@ -65,7 +65,8 @@ def user_scope(request: Any) -> str | None:
 def import_scope(path: str) -> ScopeFunction:
     """The scope function named by ``SAGAFLOW['IDEMPOTENCY_SCOPE']``."""
     try:
-        return import_string(path)
+        # import_string returns Any; the setting names a scope(request) function.
+        return cast(ScopeFunction, import_string(path))
     except ImportError as exc:
         raise ConfigurationError(
             f"SAGAFLOW['IDEMPOTENCY_SCOPE'] = {path!r} cannot be imported ({exc}); "

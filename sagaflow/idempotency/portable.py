@@ -48,21 +48,23 @@ def claim(
     }
     try:
         with transaction.atomic(using=using):
-            row = keys.create(
+            created = keys.create(
                 **where,
                 **fresh,
                 attempts=1,
                 expires_at=now + timedelta(seconds=ttl),
                 created_at=now,
             )
-        return Claimed(id=row.pk, token=token, attempt=1, alias=using)
+        return Claimed(id=created.pk, token=token, attempt=1, alias=using)
     except IntegrityError:
         pass
     row = keys.filter(**where).first()
     if row is None:
         return Vanished()
     expired = row.expires_at <= now
-    lapsed = row.state == IdempotencyKeyState.IN_FLIGHT and row.locked_until <= now
+    # An in-flight key always has locked_until (the claim sets both); the column is
+    # nullable for completed keys.
+    lapsed = row.state == IdempotencyKeyState.IN_FLIGHT and row.locked_until <= now  # type: ignore[operator]
     if (expired and (row.state == IdempotencyKeyState.COMPLETED or lapsed)) or (
         lapsed and row.fingerprint == fingerprint
     ):

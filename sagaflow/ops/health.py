@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ from ..saga import registry, scans
 @dataclass
 class Health:
     sagas_by_state: dict[str, int]
-    stuck: list[dict[str, Any]]
+    stuck: list[Mapping[str, Any]]  # id, name, state, updated_at of each
     stuck_count: int
     oldest_live_age: float | None
     outbox: dict[str, Any]

@@ -30,6 +30,7 @@ from ..saga.attempts import (
 from ..saga.attempts import (
     resolve as resolve_step,
 )
+from ..saga.definition import StepDefinition
 from ..saga.transitions import (
     abandon,
     compensation_failed,
@@ -52,7 +53,7 @@ def _locked(saga_id: uuid.UUID | str) -> Saga:
     return saga
 
 
-def _step_definition(saga: Saga, step: SagaStep):
+def _step_definition(saga: Saga, step: SagaStep) -> StepDefinition:
     try:
         return resolve_step(saga, step)[1]
     except (UnknownSagaError, DefinitionMismatchError) as exc:

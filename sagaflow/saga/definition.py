@@ -77,7 +77,7 @@ def _check_function(what: str, fn: object) -> StepFunction:
         ) from None
     except ValueError:  # builtins without a signature: trust them
         pass
-    return fn  # type: ignore[return-value]
+    return fn
 
 
 def _check_timeout(timeout: object, where: str) -> float | None:

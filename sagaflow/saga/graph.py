@@ -7,7 +7,7 @@ import itertools
 from ..models import Saga, StepState
 from .definition import SagaDefinition
 
-_CLASSES = {
+_CLASSES: dict[str, str] = {
     StepState.SUCCEEDED: "done",
     StepState.RUNNING: "active",
     StepState.FAILED: "failed",
@@ -42,10 +42,10 @@ def mermaid(definition: SagaDefinition, saga: Saga | None = None) -> str:
         lines.append(f"    c{later.index} -.-> c{earlier.index}")
     if saga is not None:
         lines.extend(f"    {style}" for style in _STYLES)
-        for step in saga.steps.order_by("index"):
-            css = _CLASSES.get(step.state)
+        for row in saga.steps.order_by("index"):
+            css = _CLASSES.get(row.state)
             if css:
-                lines.append(f"    class s{step.index} {css}")
-            if step.state == StepState.COMPENSATED:
-                lines.append(f"    class c{step.index} done")
+                lines.append(f"    class s{row.index} {css}")
+            if row.state == StepState.COMPENSATED:
+                lines.append(f"    class c{row.index} done")
     return "\n".join(lines)

@@ -17,12 +17,16 @@ import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from functools import cache
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import psycopg
 from django.db import connection
-from django.db.models import Model
+from django.db.models import Field, Model
 from django.db.models.functions import Now
+
+if TYPE_CHECKING:
+    from django.db.models import ExpressionWrapper
+    from django.db.models.expressions import CombinedExpression
 
 M = TypeVar("M", bound=Model)
 
@@ -152,6 +156,12 @@ def _instance(model: type[M], attnames: list[str], row: Sequence[Any]) -> M:
     return instance
 
 
+def _field(instance: Model, name: str) -> Field[Any, Any]:
+    # update_fields name concrete fields (Model.save refuses anything else), never the
+    # reverse side of a relation, which get_field may also return.
+    return cast("Field[Any, Any]", instance._meta.get_field(name))
+
+
 def update(instance: Model, fields: Iterable[str]) -> None:
     """``instance.save(update_fields=fields)`` without building an ORM query.
 
@@ -161,14 +171,14 @@ def update(instance: Model, fields: Iterable[str]) -> None:
     meta = instance._meta
     if not native():
         for name in fields:
-            value = getattr(instance, meta.get_field(name).attname)
+            value = getattr(instance, _field(instance, name).attname)
             if isinstance(value, NowPlus):
-                setattr(instance, meta.get_field(name).attname, as_expression(value))
+                setattr(instance, _field(instance, name).attname, as_expression(value))
         instance.save(update_fields=fields)
         return
     assignments, params = [], []
     for name in fields:
-        field = meta.get_field(name)
+        field = _field(instance, name)
         # auto_now fields take the database's clock, which every comparison uses
         # (``stuck``), not this worker's: a drifting worker must not make a run
         # look stuck, or hide one that is.
@@ -198,7 +208,7 @@ def execute(sql: str, params: Sequence[Any] = ()) -> None:
         _pipelined([(sql, params)])
 
 
-def as_expression(value: NowPlus):
+def as_expression(value: NowPlus) -> ExpressionWrapper[CombinedExpression]:
     from datetime import timedelta
 
     from django.db.models import DateTimeField, ExpressionWrapper

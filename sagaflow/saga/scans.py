@@ -155,6 +155,6 @@ def step_names_of_a_run(name: str, version: int, steps_fingerprint: str) -> list
         .values_list("pk", flat=True)
         .first()
     )
-    return list(
-        SagaStep.objects.filter(saga_id=saga_id).order_by("index").values_list("name", flat=True)
-    )
+    # saga_id is None when no run is live any more: that filter matches no step.
+    steps = SagaStep.objects.filter(saga_id=saga_id)  # type: ignore[misc]
+    return list(steps.order_by("index").values_list("name", flat=True))

@@ -101,7 +101,7 @@ def lock_step(
             successor = found[2][0] if found[2] else None
             if successor is not None:
                 successor.saga = saga
-            step._successor = successor  # type: ignore[attr-defined]
+            step._successor = successor
     else:
         saga_id = SagaStep.objects.filter(pk=step_id).values("saga_id")
         saga = lock_saga(Subquery(saga_id), skip_locked=skip_locked)
@@ -130,7 +130,7 @@ def _limits(hold_for: float | None) -> tuple[str, list]:
     )
 
 
-def lock_saga(saga_id: uuid.UUID | Subquery, *, skip_locked: bool = False) -> Saga | None:
+def lock_saga(saga_id: uuid.UUID | str | Subquery, *, skip_locked: bool = False) -> Saga | None:
     if rows.native() and not isinstance(saga_id, Subquery):
         lock = FOR_UPDATE_SKIP_LOCKED if skip_locked else FOR_UPDATE
         found = rows.select_many([(Saga, "id = %s", [saga_id], lock)], prelude=[_limits(None)])[0]
@@ -161,6 +161,7 @@ def holds_lease(step: SagaStep, token: uuid.UUID, phase: str) -> bool:
     A forward attempt keeps its lease when its saga is abandoned meanwhile (the
     saga is then compensating): its outcome is recorded, then compensated.
     """
+    saga_states: tuple[SagaState, ...]
     if phase == FORWARD:
         expected_state, saga_states = StepState.RUNNING, LEASED_FORWARD_SAGA_STATES
     else:
@@ -212,7 +213,8 @@ def claim(
 ) -> int:
     """Start an attempt (moving the step to ``state`` first); returns its number (1-based)."""
     step.lease_token = token
-    step.lease_expires_at = rows.NowPlus(lease_seconds)
+    # rows.update writes a NowPlus as now() + n s; it is not an ORM value.
+    step.lease_expires_at = rows.NowPlus(lease_seconds)  # type: ignore[assignment]
     step.due_at = None
     step.dispatched_at = None
     fields = ["lease_token", "lease_expires_at", "due_at", "dispatched_at"]
@@ -263,8 +265,9 @@ def step_wait(step: SagaStep, *, delay: float, error: str, dispatched: bool) -> 
     if step.state == StepState.RUNNING:
         step.state = StepState.PENDING
     step.error = error
-    step.due_at = rows.NowPlus(delay)
-    step.dispatched_at = rows.NowPlus(delay) if dispatched else None
+    # rows.update writes a NowPlus as now() + n s; it is not an ORM value.
+    step.due_at = rows.NowPlus(delay)  # type: ignore[assignment]
+    step.dispatched_at = rows.NowPlus(delay) if dispatched else None  # type: ignore[assignment]
     rows.update(step, [*fields, "state", "error", "due_at", "dispatched_at"])
 
 
@@ -360,12 +363,14 @@ def wait_for_code(saga: Saga, reason: str, step: SagaStep | None = None) -> bool
         waited = 0.0 if newly else max(0.0, (now - saga.needs_code_since).total_seconds())
         later = min(waited, NEEDS_CODE_RECHECK)
         if step.lease_token is not None:
-            step.lease_expires_at = rows.NowPlus(later + conf.REDISPATCH_AFTER)
+            # rows.update writes a NowPlus as now() + n s; it is not an ORM value.
+            step.lease_expires_at = rows.NowPlus(later + conf.REDISPATCH_AFTER)  # type: ignore[assignment]
             rows.update(step, ["lease_expires_at"])
         else:
             # Still due; the sweeper resends it REDISPATCH_AFTER after ``dispatched_at``.
             step.due_at = Now()
-            step.dispatched_at = rows.NowPlus(later)
+            # rows.update writes a NowPlus as now() + n s; it is not an ORM value.
+            step.dispatched_at = rows.NowPlus(later)  # type: ignore[assignment]
             rows.update(step, ["due_at", "dispatched_at"])
     reason = reason.replace("\n", " ")
     if newly:
