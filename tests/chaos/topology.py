@@ -28,7 +28,11 @@ class Slot:
     argv: list[str]
     log_dir: Path
     env: dict[str, str]
+    #: A fault's environment (a fault point armed), until the fault disarms it.
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: What a fault left in place until the heal (a new release's code, a skewed
+    #: clock): kept when another fault restarts the slot.
+    lasting_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     #: The supervisor leaves the slot down until this monotonic time.
     hold_until: float = 0.0
@@ -45,7 +49,7 @@ class Slot:
         self.process = subprocess.Popen(
             argv,
             cwd=ROOT,
-            env={**self.env, **self.extra_env},
+            env={**self.env, **self.lasting_env, **self.extra_env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -67,12 +71,20 @@ class Slot:
                 self.process.wait(timeout=30)
 
     def stop(self, timeout: float = 20) -> None:
+        self.terminate()
+        self.wait_stopped(timeout)
+
+    def terminate(self) -> None:
+        """Ask for a warm shutdown (SIGTERM; thawed first if frozen)."""
         if self.alive():
             self.signal_group(signal.SIGCONT)
             self.process.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float = 20) -> None:
+        if self.process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout)
-        self.kill()  # stray children, if any
+        self.kill()  # too slow, or stray children
 
     def children(self) -> list[int]:
         if not self.alive():
@@ -98,6 +110,7 @@ class Topology:
         relays: int,
         beats: int,
         web_port: int,
+        role_env: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.log_dir = log_dir
         self.web_port = web_port
@@ -107,7 +120,8 @@ class Topology:
         def add(role: str, count: int, argv: list[str]) -> None:
             for i in range(count):
                 a = [x.replace("{i}", str(i)) for x in argv]
-                self.slots.append(Slot(role, i, a, log_dir, env))
+                own = {**env, **(role_env or {}).get(role, {})}
+                self.slots.append(Slot(role, i, a, log_dir, own))
 
         add(
             "web",
@@ -200,10 +214,35 @@ class Topology:
 
     def replace(self, slot: Slot, extra_env: dict[str, str]) -> None:
         """Restart ``slot`` with ``extra_env`` (a fault armed, or disarmed with ``{}``)."""
+        self.replace_all([slot], extra_env)
+
+    def replace_each(self, plan: list[tuple[Slot, dict[str, str]]]) -> None:
+        """Restart each slot of ``plan`` with its own ``extra_env``, all at once."""
         with self._lock:
-            slot.extra_env = dict(extra_env)
-            slot.stop()
-            slot.start()
+            for slot, extra_env in plan:
+                slot.extra_env = dict(extra_env)
+                slot.terminate()
+            for slot, _ in plan:
+                slot.wait_stopped()
+            for slot, _ in plan:
+                slot.start()
+
+    def replace_all(
+        self, slots: list[Slot], extra_env: dict[str, str], *, lasting: bool = False
+    ) -> None:
+        """Restart ``slots`` at once with ``extra_env`` (``lasting``: until the heal):
+        all are stopped first, then all started, as a deploy replaces a pool."""
+        with self._lock:
+            for slot in slots:
+                if lasting:
+                    slot.lasting_env = dict(extra_env)
+                else:
+                    slot.extra_env = dict(extra_env)
+                slot.terminate()
+            for slot in slots:
+                slot.wait_stopped()
+            for slot in slots:
+                slot.start()
 
     def heal(self) -> None:
         """Everything up, nothing stopped or held."""
@@ -211,8 +250,8 @@ class Topology:
             for slot in self.slots:
                 slot.hold_until = 0.0
                 slot.signal_group(signal.SIGCONT)
-                if slot.extra_env:
-                    slot.extra_env = {}
+                if slot.extra_env or slot.lasting_env:
+                    slot.extra_env, slot.lasting_env = {}, {}
                     slot.stop()
                 if not slot.alive():
                     slot.start()
