@@ -219,11 +219,13 @@ class ProbeFaults:
         count = min(self.timings.deploy_slots, len(workers))
         slots = sorted(self.rng.sample(workers, count), key=lambda s: s.index)
         record.probes["slots"] = [s.name for s in slots]
-        self.topology.replace_all(slots, {"CHAOS_SAGA_VARIANT": "renamed"}, lasting=True)
+        self.topology.roll_each(
+            [(s, {"CHAOS_SAGA_VARIANT": "renamed"}) for s in slots], lasting=True
+        )
         for i in range(4):
             runs.append(self.probes.start_deploy(fail=i % 2 == 1))
         record.detail = (
-            f"{', '.join(s.name for s in slots)} restarted with chaos.deploy's second step "
+            f"{', '.join(s.name for s in slots)} rolled to chaos.deploy's second step "
             f"renamed; {len(runs)} runs around it, {past} of the first 6 past that step"
         )
 
@@ -243,7 +245,7 @@ class ProbeFaults:
         chosen = sorted(self.rng.sample(workers, min(len(offsets), len(workers))), key=str)
         plan = [(slot, skewed_env(offset)) for slot, offset in zip(chosen, offsets, strict=False)]
         sizes = {slot.name: len(slot.log_text()) for slot in chosen}
-        self.topology.replace_each(plan)
+        self.topology.roll_each(plan)
         wait_until(
             lambda: all("ready." in s.log_text()[sizes[s.name] :] for s in chosen),
             timeout=90,
@@ -254,7 +256,7 @@ class ProbeFaults:
         try:
             for _ in range(self.timings.clock_probes):
                 runs.append(self.probes.start_clock())
-                time.sleep(0.5)
+                time.sleep(0.2)
             wait_until(
                 lambda: self.probes.all_terminal(runs),
                 timeout=90,
@@ -262,7 +264,7 @@ class ProbeFaults:
                 what="the chaos.clock probes to end",
             )
         finally:
-            self.topology.replace_each([(slot, {}) for slot in chosen])
+            self.topology.roll_each([(slot, {}) for slot in chosen])
         skews = self.probes.effect_skews(runs)
         skewed = [s for s in skews if abs(s) > 10.0]
         record.fired = bool(skewed)

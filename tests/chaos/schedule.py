@@ -88,7 +88,9 @@ PROFILES = {
         timings=Timings(deploy_slots=2),
     ),
     # leases and due times on the worker's clock; one pool behind, one ahead.
-    "control-clock": replace(PROBE_CONTROL, kinds=("clock_skew",), unsafe=("clock",)),
+    "control-clock": replace(
+        PROBE_CONTROL, kinds=("clock_skew",), unsafe=("clock",), timings=Timings(clock_probes=16)
+    ),
 }
 
 #: The control runs ``make chaos`` runs after the long tier (each must exit 1).

@@ -37,6 +37,8 @@ class Slot:
     #: The supervisor leaves the slot down until this monotonic time.
     hold_until: float = 0.0
     starts: int = 0
+    #: Processes a roll replaced, finishing their tasks (killed at the latest on close).
+    retired: list[subprocess.Popen] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -80,6 +82,18 @@ class Slot:
             self.signal_group(signal.SIGCONT)
             self.process.send_signal(signal.SIGTERM)
 
+    def roll(self) -> None:
+        """Start a new process in the slot at once and let the old one finish its
+        running tasks (warm shutdown) in the background, as a rolling deploy does:
+        no wait for the old one to exit. It is killed if it takes longer than 30 s."""
+        old = self.process
+        if old is not None and old.poll() is None:
+            self.signal_group(signal.SIGCONT)
+            old.send_signal(signal.SIGTERM)
+            self.retired.append(old)
+            threading.Thread(target=_reap, args=(old,), daemon=True).start()
+        self.start()
+
     def wait_stopped(self, timeout: float = 20) -> None:
         if self.process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -98,6 +112,14 @@ class Slot:
     def log_text(self) -> str:
         path = self.log_dir / f"{self.name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _reap(process: subprocess.Popen, timeout: float = 30) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 class Topology:
@@ -213,36 +235,24 @@ class Topology:
             yield
 
     def replace(self, slot: Slot, extra_env: dict[str, str]) -> None:
-        """Restart ``slot`` with ``extra_env`` (a fault armed, or disarmed with ``{}``)."""
-        self.replace_all([slot], extra_env)
-
-    def replace_each(self, plan: list[tuple[Slot, dict[str, str]]]) -> None:
-        """Restart each slot of ``plan`` with its own ``extra_env``, all at once."""
+        """Restart ``slot`` with ``extra_env`` (a fault armed, or disarmed with ``{}``):
+        the old process is gone before the new one starts."""
         with self._lock:
-            for slot, extra_env in plan:
-                slot.extra_env = dict(extra_env)
-                slot.terminate()
-            for slot, _ in plan:
-                slot.wait_stopped()
-            for slot, _ in plan:
-                slot.start()
+            slot.extra_env = dict(extra_env)
+            slot.stop()
+            slot.start()
 
-    def replace_all(
-        self, slots: list[Slot], extra_env: dict[str, str], *, lasting: bool = False
-    ) -> None:
-        """Restart ``slots`` at once with ``extra_env`` (``lasting``: until the heal):
-        all are stopped first, then all started, as a deploy replaces a pool."""
+    def roll_each(self, plan: list[tuple[Slot, dict[str, str]]], *, lasting: bool = False) -> None:
+        """Roll each slot of ``plan`` to a new process with its own environment
+        (``lasting``: kept until the heal, else until the next roll): the new
+        processes start at once, the old ones finish their tasks meanwhile."""
         with self._lock:
-            for slot in slots:
+            for slot, env in plan:
                 if lasting:
-                    slot.lasting_env = dict(extra_env)
+                    slot.lasting_env = dict(env)
                 else:
-                    slot.extra_env = dict(extra_env)
-                slot.terminate()
-            for slot in slots:
-                slot.wait_stopped()
-            for slot in slots:
-                slot.start()
+                    slot.extra_env = dict(env)
+                slot.roll()
 
     def heal(self) -> None:
         """Everything up, nothing stopped or held."""
@@ -271,6 +281,9 @@ class Topology:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     slot.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             slot.kill()
+            for old in slot.retired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(old.pid, signal.SIGKILL)
 
     def logs(self, role: str | None = None) -> str:
         return "\n".join(s.log_text() for s in self.slots if role is None or s.role == role)

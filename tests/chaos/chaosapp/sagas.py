@@ -103,10 +103,10 @@ def sleep_then_answer(ctx):
 
 #: The atomic step's timeout: PostgreSQL ends its frozen session (and so releases
 #: the run's lock) this long plus LEASE_GRACE after the lock was taken.
-LOCK_STEP_TIMEOUT = 15
+LOCK_STEP_TIMEOUT = 18
 #: Passes while the lock is held if a worker takes the step within this long (the
 #: lock is held for LOCK_STEP_TIMEOUT + LEASE_GRACE from then on).
-LOCKED_DEADLINE = timedelta(seconds=6)
+LOCKED_DEADLINE = timedelta(seconds=5)
 
 locked = sagaflow.define("chaos.locked", deadline=LOCKED_DEADLINE)
 
