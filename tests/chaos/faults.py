@@ -2,7 +2,9 @@
 
 Each fault is a function that breaks something, waits, and heals what it broke; it
 returns a :class:`FaultRecord` with wall-clock start and end (the shaded interval of
-the plot). Process crashes are healed by the topology's supervisor (a restart).
+the plot). Process crashes are healed by the topology's supervisor (a restart). The
+kinds that aim at sagas of their own, and the slow broker, are in ``probe_faults``;
+``docs/chaos/README.md`` maps every kind to the fault classes of DESIGN §8.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.services import PrivateRedis
 from tests.waiting import WaitTimeout, wait_until
 
 from .cluster import PrivatePostgres
+from .probe_faults import ProbeFaults
+from .proxy import LatencyProxy
 from .topology import Topology
 
 #: Named fault points armed in a process's environment (``sagaflow/faults.py``).
@@ -39,6 +44,12 @@ ALL_KINDS = (
     "pg_restart_immediate",
     "pg_terminate_backends",
     "poison_message",
+    # The classes of DESIGN §8 the kinds above never injected (probe_faults.py).
+    "stop_lock_holder",
+    "slow_broker",
+    "deadline_passes",
+    "definition_renamed",
+    "clock_skew",
 )
 
 
@@ -51,10 +62,13 @@ class FaultRecord:
     fired: bool = True
     #: The saga a fault aimed at (a frozen step whose late result must be rejected).
     saga_id: str = ""
+    #: What the checks of a probe fault need (``probe_faults``, ``fault_checks``).
+    probes: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
             "saga_id": self.saga_id,
+            "probes": self.probes,
             "kind": self.kind,
             "started": self.started,
             "ended": self.ended,
@@ -66,13 +80,24 @@ class FaultRecord:
 @dataclass
 class Timings:
     lease: float = 12.0  # the demo's step timeout (10 s) + LEASE_GRACE (2 s)
+    lease_grace: float = 2.0  # settings.SAGAFLOW["LEASE_GRACE"]
     redis_down: float = 30.0
     redis_pause: float = 10.0
     point_wait: float = 60.0
+    #: How long the relays' broker is slow, and how: (seconds each reply is held,
+    #: seconds between its bytes after that).
+    slow_broker: float = 30.0
+    slow_reply: tuple[float, float] = (3.0, 2.0)
+    publish_hold_limit: float = 8.0  # settings.SAGAFLOW["OUTBOX_PUBLISH_TIMEOUT"]
+    #: Worker pools restarted with the next release of ``chaos.deploy``.
+    deploy_slots: int = 1
+    #: The wall-clock offsets (seconds) of the skewed worker pools, one pool each.
+    skew: tuple[float, ...] = (-30.0, 30.0)
+    clock_probes: int = 8
 
 
 @dataclass
-class Injector:
+class Injector(ProbeFaults):
     topology: Topology
     postgres: PrivatePostgres
     redis: PrivateRedis
@@ -84,6 +109,11 @@ class Injector:
     #: Starts a ``chaos.slow`` run and returns its id.
     start_slow: Callable[[], str]
     pid_dir: Path
+    #: ``tests.chaos.probes``: starts the chaos app's probe runs, reads their end.
+    probes: Any = None
+    #: The private database's DSN (lock probes), and the relays' way to Redis.
+    dsn: str = ""
+    proxy: LatencyProxy | None = None
     records: list[FaultRecord] = field(default_factory=list)
 
     def inject(self, kind: str) -> FaultRecord:
@@ -167,13 +197,28 @@ class Injector:
     def _point(self, record: FaultRecord, point: str) -> None:
         role = "worker" if point in WORKER_POINTS else "relay"
         slot = self.rng.choice(self.topology.role(role))
-        once = Path(tempfile.mkdtemp(prefix="sagaflow-chaos-once-"))
+        # The point fires once per directory: kept (with the logs), a process started
+        # with it still armed can never fire again.
+        once = Path(tempfile.mkdtemp(prefix="once-", dir=self.pid_dir))
         armed = {"SAGAFLOW_FAULTS": f"{point}=kill", "SAGAFLOW_FAULTS_ONCE_DIR": str(once)}
         self.topology.replace(slot, armed)
         fired = once / f"{point}.fired"
+        # Compensations are rare in the load: start runs that compensate at once
+        # (one a second) until one is run by the armed worker.
+        nudge = self.probes.start_undo if point == "compensation.after_action" else None
+        next_nudge = time.monotonic()
+
+        def reached() -> bool:
+            nonlocal next_nudge
+            if nudge is not None and time.monotonic() >= next_nudge:
+                next_nudge = time.monotonic() + 1.0
+                with contextlib.suppress(Exception):  # the database may be restarting
+                    nudge()
+            return fired.exists()
+
         with contextlib.suppress(WaitTimeout):  # not reached in time: recorded as not fired
             wait_until(
-                fired.exists,
+                reached,
                 timeout=self.timings.point_wait,
                 every=0.2,
                 what=f"{point} to fire in {slot.name}",
@@ -181,11 +226,12 @@ class Injector:
         record.fired = fired.exists()
         if record.fired:
             time.sleep(1.0)  # let the crash happen (the file is written just before the kill)
-        self.topology.replace(slot, {})
+            # Spent: the supervisor's restart (or the heal) drops it, no restart needed.
+            with self.topology.held():
+                slot.extra_env = {}
+        else:  # still armed: disarm it now, or it would fire later, unaccounted for
+            self.topology.replace(slot, {})
         record.detail = f"{point}=kill in {slot.name}"
-        with contextlib.suppress(OSError):
-            fired.unlink()
-            once.rmdir()
 
     # --- redis -----------------------------------------------------------------------------
 

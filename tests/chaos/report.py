@@ -8,6 +8,17 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+#: What each unsafe setting of a control run does (``settings.py``, ``unsafe/patches.py``).
+UNSAFE = {
+    "acks": "early acks",
+    "publish": "step messages sent inside the transaction",
+    "sweeper": "sweepers off",
+    "lock-wait": "the sweeper waits for row locks and no engine transaction is bounded",
+    "deadline": "a deadline compensates the running step at once and skips waits that acted",
+    "rename": "a renamed step counts as having no compensation",
+    "clock": "leases and due times read on the worker's clock",
+}
+
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
@@ -16,7 +27,7 @@ def _fmt(x: float | None) -> str:
 def table(summary: dict) -> str:
     s = summary
     config = (
-        "**UNSAFE control** (early acks, step messages sent inside the transaction, sweepers off)"
+        "**UNSAFE control** (" + ", ".join(UNSAFE.get(u, u) for u in s["unsafe"]) + ")"
         if s["unsafe"]
         else "safe (documented defaults)"
     )

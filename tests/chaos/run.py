@@ -33,11 +33,12 @@ from pathlib import Path
 from tests.services import PrivateRedis, free_port
 from tests.waiting import WaitTimeout, wait_until
 
-from . import report, shop
+from . import probes, report, shop
 from .cluster import PrivatePostgres
 from .faults import Injector
 from .load import LoadGenerator
 from .observe import Log, Sampler
+from .proxy import LatencyProxy
 from .schedule import FAULT_OVERRUN, PROFILES, Profile, run_faults
 from .summary import RunRecord, summarise
 from .topology import ROOT, Topology
@@ -161,16 +162,28 @@ def run(
     pid_dir.mkdir(exist_ok=True)
     record = RunRecord(profile_name, profile, seed, started_at, wall0, log_dir)
     log(f"profile {profile_name}, seed {seed}, {profile.seconds:.0f} s of load; logs {log_dir}")
-    postgres = redis = topology = sampler = load = None
+    postgres = redis = proxy = topology = sampler = load = None
     fault_stop = threading.Event()
     try:
         # --- the private servers, Django in this process, the topology ------------------
         postgres = PrivatePostgres()
         redis = PrivateRedis()
         postgres.create_database(DBNAME)
-        log(f"private PostgreSQL on 127.0.0.1:{postgres.port}, Redis on 127.0.0.1:{redis.port}")
+        # The relays reach Redis through a proxy that slow_broker turns slow.
+        proxy = LatencyProxy(redis.port)
+        log(
+            f"private PostgreSQL on 127.0.0.1:{postgres.port}, Redis on 127.0.0.1:{redis.port}"
+            f" (the relays' way to it: a proxy on 127.0.0.1:{proxy.port})"
+        )
         env = _environment(profile, postgres, redis, pid_dir)
         shop.setup_django(env)
+        from django.conf import settings
+
+        timings = replace(
+            profile.timings,
+            lease_grace=float(settings.SAGAFLOW["LEASE_GRACE"]),
+            publish_hold_limit=float(settings.SAGAFLOW["OUTBOX_PUBLISH_TIMEOUT"]),
+        )
         web_port = free_port()
         topology = Topology(
             env={**os.environ, **env},
@@ -179,6 +192,7 @@ def run(
             relays=profile.relays,
             beats=profile.beats,
             web_port=web_port,
+            role_env={"relay": {"CELERY_BROKER_URL": proxy.url}},
         )
         topology.on_restart = log
         topology.start()
@@ -199,11 +213,14 @@ def run(
             redis=redis,
             dbname=DBNAME,
             rng=random.Random(rng.getrandbits(32)),
-            timings=profile.timings,
+            timings=timings,
             log=log,
             start_poison=shop.start_poison,
             start_slow=shop.start_slow,
             pid_dir=pid_dir,
+            probes=probes,
+            dsn=postgres.dsn(DBNAME),
+            proxy=proxy,
         )
         load = LoadGenerator(
             f"http://127.0.0.1:{web_port}",
@@ -234,6 +251,8 @@ def run(
             sampler.stop()
         if topology is not None:
             topology.close()
+        if proxy is not None:
+            proxy.close()
         if redis is not None:
             redis.close()
         if postgres is not None:
@@ -257,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--kinds", default=None, help="comma-separated fault kinds (debugging)")
+    parser.add_argument("--rate", type=float, default=None, help="new keys/s (debugging)")
     parser.add_argument("--out", type=Path, default=None, help="write .md, .png, .json here")
     parser.add_argument(
         "--logs", type=Path, default=None, help="process logs here (default: a temp dir)"
@@ -269,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = replace(profile, seconds=args.seconds)
     if args.kinds:
         profile = replace(profile, kinds=tuple(args.kinds.split(",")))
+    if args.rate is not None:
+        profile = replace(profile, rate=args.rate)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"chaos-{args.profile}.log").write_text("")

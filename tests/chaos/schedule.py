@@ -58,12 +58,16 @@ CONTROL = Profile(
     unsafe=("acks", "publish", "sweeper"),
 )
 
+#: A control of one probe fault kind: that kind alone, with the fix it tests reverted
+#: (``tests/chaos/unsafe/patches.py``); its check must find the damage.
+PROBE_CONTROL = replace(CONTROL, seconds=30, kinds=(), drain=90.0)
+
 PROFILES = {
     # make test: every kind once, short outages.
     "short": Profile(
         seconds=130,
         drain=150.0,
-        timings=Timings(redis_down=10.0, redis_pause=5.0, point_wait=40.0),
+        timings=Timings(redis_down=10.0, redis_pause=5.0, point_wait=40.0, slow_broker=15.0),
     ),
     # make chaos: every kind, again and again, the durations.
     "long": Profile(seconds=900, repeat=True, drain=400.0, timings=Timings()),
@@ -72,7 +76,25 @@ PROFILES = {
     "control-acks": replace(CONTROL, unsafe=("acks",)),
     "control-publish": replace(CONTROL, unsafe=("publish",)),
     "control-sweeper": replace(CONTROL, unsafe=("sweeper",)),
+    # hole 1 reverted: the sweeper waits for a frozen worker's lock, nothing bounds it.
+    "control-lock": replace(PROBE_CONTROL, kinds=("stop_lock_holder",), unsafe=("lock-wait",)),
+    # holes 2 and 3 reverted: a deadline compensates at once, skipping waits that acted.
+    "control-deadline": replace(PROBE_CONTROL, kinds=("deadline_passes",), unsafe=("deadline",)),
+    # hole 6 reverted: a renamed step counts as "no compensation"; every pool gets it.
+    "control-deploy": replace(
+        PROBE_CONTROL,
+        kinds=("definition_renamed",),
+        unsafe=("rename",),
+        timings=Timings(deploy_slots=2),
+    ),
+    # leases and due times on the worker's clock; one pool behind, one ahead.
+    "control-clock": replace(
+        PROBE_CONTROL, kinds=("clock_skew",), unsafe=("clock",), timings=Timings(clock_probes=16)
+    ),
 }
+
+#: The control runs ``make chaos`` runs after the long tier (each must exit 1).
+CONTROL_PROFILES = tuple(name for name in PROFILES if name.startswith("control"))
 
 
 def run_faults(

@@ -2,7 +2,9 @@
 
 The demo project's settings with recovery timings short enough for minutes-long runs.
 ``CHAOS_UNSAFE=acks,publish,sweeper`` is the control configuration the suite must catch:
-early acks, step messages published inside the transaction, and no sweepers.
+early acks, step messages published inside the transaction, and no sweepers; the
+other names (``lock-wait``, ``deadline``, ``rename``, ``clock``) each revert one fix
+(``tests/chaos/unsafe/patches.py``).
 """
 
 import os
@@ -48,7 +50,9 @@ if "acks" in UNSAFE:  # early acks: a message is acked before its task runs (C1,
 if "sweeper" in UNSAFE:  # nothing re-sends a lost step message or a lost event
     for _name in ("sagaflow-sweep", "sagaflow-outbox-sweep"):
         CELERY_BEAT_SCHEDULE.pop(_name)
-if "publish" in UNSAFE:  # step messages sent inside the transaction (C7)
+#: Unsafe settings that are patches of sagaflow, applied by ``tests.chaos.unsafe``.
+PATCHED = frozenset({"publish", "lock-wait", "deadline", "rename", "clock"})
+if UNSAFE & PATCHED:
     INSTALLED_APPS = [*INSTALLED_APPS, "tests.chaos.unsafe"]
 
 LOGGING = {
@@ -59,5 +63,6 @@ LOGGING = {
     "loggers": {
         "sagaflow": {"handlers": ["console"], "level": "WARNING", "propagate": False},
         "demo_shop": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        "chaos": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }

@@ -80,9 +80,13 @@ def summarise(
     close_old_connections()
     process_logs = topology.logs()
     fault_records = [r.as_dict() for r in injector.records]
-    frozen = [r["saga_id"] for r in fault_records if r["saga_id"] and r["fired"]]
     results, counts = checks.run_all(
-        load.stats, process_logs, float(settings.SWEEP_INTERVAL), frozen
+        load.stats,
+        process_logs,
+        float(settings.SWEEP_INTERVAL),
+        fault_records,
+        list(topology.restarts),
+        float(settings.SAGAFLOW["LEASE_GRACE"]),
     )
     recovery_times(fault_records)
     sagas, orders = outcomes()

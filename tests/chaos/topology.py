@@ -28,11 +28,17 @@ class Slot:
     argv: list[str]
     log_dir: Path
     env: dict[str, str]
+    #: A fault's environment (a fault point armed), until the fault disarms it.
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: What a fault left in place until the heal (a new release's code, a skewed
+    #: clock): kept when another fault restarts the slot.
+    lasting_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     #: The supervisor leaves the slot down until this monotonic time.
     hold_until: float = 0.0
     starts: int = 0
+    #: Processes a roll replaced, finishing their tasks (killed at the latest on close).
+    retired: list[subprocess.Popen] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -45,7 +51,7 @@ class Slot:
         self.process = subprocess.Popen(
             argv,
             cwd=ROOT,
-            env={**self.env, **self.extra_env},
+            env={**self.env, **self.lasting_env, **self.extra_env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -67,12 +73,32 @@ class Slot:
                 self.process.wait(timeout=30)
 
     def stop(self, timeout: float = 20) -> None:
+        self.terminate()
+        self.wait_stopped(timeout)
+
+    def terminate(self) -> None:
+        """Ask for a warm shutdown (SIGTERM; thawed first if frozen)."""
         if self.alive():
             self.signal_group(signal.SIGCONT)
             self.process.send_signal(signal.SIGTERM)
+
+    def roll(self) -> None:
+        """Start a new process in the slot at once and let the old one finish its
+        running tasks (warm shutdown) in the background, as a rolling deploy does:
+        no wait for the old one to exit. It is killed if it takes longer than 30 s."""
+        old = self.process
+        if old is not None and old.poll() is None:
+            self.signal_group(signal.SIGCONT)
+            old.send_signal(signal.SIGTERM)
+            self.retired.append(old)
+            threading.Thread(target=_reap, args=(old,), daemon=True).start()
+        self.start()
+
+    def wait_stopped(self, timeout: float = 20) -> None:
+        if self.process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout)
-        self.kill()  # stray children, if any
+        self.kill()  # too slow, or stray children
 
     def children(self) -> list[int]:
         if not self.alive():
@@ -88,6 +114,14 @@ class Slot:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
+def _reap(process: subprocess.Popen, timeout: float = 30) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 class Topology:
     def __init__(
         self,
@@ -98,6 +132,7 @@ class Topology:
         relays: int,
         beats: int,
         web_port: int,
+        role_env: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.log_dir = log_dir
         self.web_port = web_port
@@ -107,7 +142,8 @@ class Topology:
         def add(role: str, count: int, argv: list[str]) -> None:
             for i in range(count):
                 a = [x.replace("{i}", str(i)) for x in argv]
-                self.slots.append(Slot(role, i, a, log_dir, env))
+                own = {**env, **(role_env or {}).get(role, {})}
+                self.slots.append(Slot(role, i, a, log_dir, own))
 
         add(
             "web",
@@ -199,11 +235,24 @@ class Topology:
             yield
 
     def replace(self, slot: Slot, extra_env: dict[str, str]) -> None:
-        """Restart ``slot`` with ``extra_env`` (a fault armed, or disarmed with ``{}``)."""
+        """Restart ``slot`` with ``extra_env`` (a fault armed, or disarmed with ``{}``):
+        the old process is gone before the new one starts."""
         with self._lock:
             slot.extra_env = dict(extra_env)
             slot.stop()
             slot.start()
+
+    def roll_each(self, plan: list[tuple[Slot, dict[str, str]]], *, lasting: bool = False) -> None:
+        """Roll each slot of ``plan`` to a new process with its own environment
+        (``lasting``: kept until the heal, else until the next roll): the new
+        processes start at once, the old ones finish their tasks meanwhile."""
+        with self._lock:
+            for slot, env in plan:
+                if lasting:
+                    slot.lasting_env = dict(env)
+                else:
+                    slot.extra_env = dict(env)
+                slot.roll()
 
     def heal(self) -> None:
         """Everything up, nothing stopped or held."""
@@ -211,8 +260,8 @@ class Topology:
             for slot in self.slots:
                 slot.hold_until = 0.0
                 slot.signal_group(signal.SIGCONT)
-                if slot.extra_env:
-                    slot.extra_env = {}
+                if slot.extra_env or slot.lasting_env:
+                    slot.extra_env, slot.lasting_env = {}, {}
                     slot.stop()
                 if not slot.alive():
                     slot.start()
@@ -232,6 +281,9 @@ class Topology:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     slot.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             slot.kill()
+            for old in slot.retired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(old.pid, signal.SIGKILL)
 
     def logs(self, role: str | None = None) -> str:
         return "\n".join(s.log_text() for s in self.slots if role is None or s.role == role)

@@ -1,5 +1,6 @@
-"""Control configuration only (``CHAOS_UNSAFE=1``): step messages are sent inside the
-transaction that writes the step, instead of after it commits (PITFALLS C7)."""
+"""Control configurations only: each name in ``CHAOS_UNSAFE`` that is a patch here
+reverts one safety of sagaflow in every process of the run, so a control run can show
+that the checks see what that safety prevents (``patches.py``)."""
 
 from django.apps import AppConfig
 
@@ -9,9 +10,9 @@ class UnsafeConfig(AppConfig):
     label = "chaos_unsafe"
 
     def ready(self) -> None:
-        from sagaflow.saga import dispatch
+        from django.conf import settings
 
-        def send_now(step_id, phase, *, countdown=None, timeout=None):
-            dispatch.send(step_id, phase, countdown=countdown, timeout=timeout)
+        from . import patches
 
-        dispatch.send_on_commit = send_now
+        for name in sorted(settings.UNSAFE & set(patches.PATCHES)):
+            patches.PATCHES[name]()
