@@ -16,11 +16,13 @@ from datetime import timedelta
 
 from django.db.models import Count
 
+import sagaflow
 from demo_shop import invariants
 from demo_shop.models import Order, OrderStatus, ServiceRequest, Shipment
 from sagaflow.models import InboxMessage, OutboxEvent, Saga, SagaStep
 from sagaflow.outbox import consumers
 from sagaflow.saga import registry
+from sagaflow.saga.attempts import timeout_of
 
 from .load import LoadStats
 
@@ -55,15 +57,21 @@ def _result(name: str, bad: list[str], fine: str) -> Result:
 
 
 def sagas_terminal(
-    sweep_interval: float, tolerance: float, allowance: dict[str, float] | None = None
+    sweep_interval: float,
+    tolerance: float,
+    allowance: dict[str, float] | None = None,
+    lease_grace: float = 0.0,
 ) -> Result:
     """``allowance``: extra seconds for runs a fault made untouchable for a while
-    (``fault_checks.lateness_allowance``)."""
+    (``fault_checks.lateness_allowance``). A run whose step was running when its
+    deadline passed is also allowed that attempt's lease (its timeout + LEASE_GRACE):
+    its compensation waits until the attempt settles, by its record or by the lease's
+    expiry, never undoing an action that is still running (DESIGN §4, issue 13 hole 3)."""
     bad = []
     allowance = allowance or {}
     sagas = list(Saga.objects.all())
     for saga in sagas:
-        extra = allowance.get(str(saga.id), 0.0)
+        extra = allowance.get(str(saga.id), 0.0) + _in_flight_at_deadline(saga, lease_grace)
         allowed = timedelta(seconds=sweep_interval + tolerance + extra)
         if saga.state not in TERMINAL:
             bad.append(f"{saga.id} still {saga.state}")
@@ -77,6 +85,28 @@ def sagas_terminal(
         bad,
         f"{len(sagas)} sagas",
     )
+
+
+def _in_flight_at_deadline(saga: Saga, lease_grace: float) -> float:
+    """The lease of the step attempt that was running when ``saga``'s deadline passed."""
+    if saga.deadline_at is None:
+        return 0.0
+    running = [
+        step
+        for step in SagaStep.objects.filter(saga=saga, started_at__lt=saga.deadline_at)
+        if step.finished_at is None or step.finished_at > saga.deadline_at
+    ]
+    if not running:
+        return 0.0
+    try:
+        definition = registry.get_definition(saga.name, saga.version)
+    except sagaflow.UnknownSagaError:
+        return 0.0
+    longest = 0.0
+    for step in running:
+        if step.index < len(definition.steps):
+            longest = max(longest, timeout_of(definition.steps[step.index], "forward"))
+    return longest + lease_grace
 
 
 def outbox_delivery() -> tuple[Result, Result, dict[str, int]]:
@@ -181,7 +211,7 @@ def compensations_exact() -> Result:
     for step in SagaStep.objects.select_related("saga").order_by("saga_id", "index"):
         steps_of[step.saga].append(step)
     for saga, steps in steps_of.items():
-        definition = registry.get_definition(saga.name)
+        definition = registry.get_definition(saga.name, saga.version)
         has_undo = {s.name: s.has_compensation for s in definition.steps}
         compensated = [s for s in steps if s.state == "compensated"]
         if saga.state == "completed":
@@ -280,7 +310,9 @@ def run_all(
     effects, api, replayed = one_effect_per_key(stats)
     allowance = fault_checks.lateness_allowance(faults, lease_grace)
     results = [
-        sagas_terminal(sweep_interval, tolerance=10.0, allowance=allowance),
+        sagas_terminal(
+            sweep_interval, tolerance=10.0, allowance=allowance, lease_grace=lease_grace
+        ),
         delivered,
         unexpected,
         effects,
