@@ -77,5 +77,11 @@ chaos: $(STAMP)
 	done
 	@$(BIN)/python -c "import json,sys; sys.exit(json.load(open('docs/chaos/chaos-control.json'))['violations'] == 0)"
 
+# The model-based test of the engine (tests/model) with its long profile: thousands of
+# fresh random examples, longer ones, instead of make test's fixed hundred.
+.PHONY: model-long
+model-long: $(STAMP)
+	SAGAFLOW_MODEL_PROFILE=long $(BIN)/pytest tests/model/test_engine_model.py -p no:cacheprovider
+
 clean:
 	rm -rf $(VENV) demo.sqlite3 .pytest_cache
