@@ -126,5 +126,11 @@ install-check: release
 	$(BIN)/python tests/packaging/install_check.py --python $(INSTALL_CHECK_PYTHON) \
 		--django '$(INSTALL_CHECK_DJANGO)' dist/*.whl
 
+# The model-based test of the engine (tests/model) with its long profile: thousands of
+# fresh random examples, longer ones, instead of make test's fixed hundred.
+.PHONY: model-long
+model-long: $(STAMP)
+	SAGAFLOW_MODEL_PROFILE=long $(BIN)/pytest tests/model/test_engine_model.py -p no:cacheprovider
+
 clean:
 	rm -rf $(VENV) demo.sqlite3 .pytest_cache .nox build dist site

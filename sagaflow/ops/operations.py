@@ -36,6 +36,7 @@ from ..saga.transitions import (
     compensation_failed,
     forward_failed,
     schedule_attempt,
+    settle_abandoned,
 )
 
 __all__ = ["ActionRefused", "compensate", "resolve", "retry"]
@@ -141,6 +142,11 @@ def _retry_failed(saga: Saga, steps: list[SagaStep]) -> str:
 def _retry_stalled(saga: Saga, step: SagaStep) -> str:
     step_def = _step_definition(saga, step)
     error = "retried by an operator after its lease expired: the worker was lost"
+    if step.state == StepState.RUNNING and saga.state == SagaState.COMPENSATING:
+        # The attempt that was running when the run was abandoned: it settles as lost
+        # (it may have acted), and the compensation goes on from it; no new attempt.
+        settle_abandoned(saga, step, step_def, Outcome(error=error), lost=True)
+        return f"step {step.name!r} had lost its worker; compensating it ({saga.state})"
     if step.state == StepState.RUNNING:
         forward_failed(saga, step, step_def, Outcome(error=error), interrupted=True)
     else:
