@@ -23,123 +23,26 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 from django.utils.translation import ngettext
 
-from ..conf import conf
 from ..exceptions import ActionRefused, UnknownSagaError
 from ..models import Saga, SagaState, SagaStep
 from ..ops import operations
 from ..ops.health import code_missing
-from ..saga import scans
 from ..saga.graph import mermaid
 from ..saga.registry import get_definition, needs_code
 from .common import (
     SHOWN_REFUSALS,
     GuardedActionsMixin,
     ReadOnlyMixin,
-    error_details,
     json_block,
 )
+from .filters import AttentionFilter, StuckFilter
+from .steps import SagaStepInline
 
 #: Runs a bulk *resolve* lists on its confirmation page before summarising.
 SHOWN_ON_CONFIRMATION = 20
-
-
-class SagaStepInline(ReadOnlyMixin, admin.TabularInline):
-    model = SagaStep
-    extra = 0
-    can_delete = False
-    ordering = ["index"]
-    fields = [
-        "index",
-        "name",
-        "state",
-        "attempts",
-        "compensation_attempts",
-        "interrupted",
-        "started_at",
-        "finished_at",
-        "duration",
-        "compensated_at",
-        "due_at",
-        "lease_expires_at",
-        "result_shown",
-        "timeline",
-    ]
-    # One list of names, shown read-only: django-stubs types fields and readonly_fields
-    # as different lists (invariant), though a list[str] is valid for both.
-    readonly_fields = fields  # type: ignore[assignment]
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        """A run's steps are part of the run: whoever may view the saga sees them
-        (read-only, as is the whole inline), without a ``view_sagastep`` grant."""
-        return request.user.has_perm("sagaflow.view_saga") or super().has_view_permission(
-            request, obj
-        )
-
-    @admin.display(description="duration")
-    def duration(self, step: SagaStep) -> str:
-        if step.started_at and step.finished_at:
-            return f"{(step.finished_at - step.started_at).total_seconds() * 1000:.0f} ms"
-        return ""
-
-    @admin.display(description="result")
-    def result_shown(self, step: SagaStep) -> str:
-        return json_block(step.result) if step.result is not None else ""
-
-    @admin.display(description="attempts (oldest first)")
-    def timeline(self, step: SagaStep) -> str:
-        rows = format_html_join(
-            "",
-            "<tr><td>{}</td><td>{} #{}</td><td>{}</td><td>{} ms</td><td>{}</td></tr>",
-            (
-                (
-                    entry.get("finished_at", "")[:23].replace("T", " "),
-                    entry.get("phase", ""),
-                    entry.get("attempt", ""),
-                    entry.get("outcome", ""),
-                    f"{float(entry.get('duration') or 0) * 1000:.0f}",
-                    error_details(entry.get("error", "")),
-                )
-                for entry in step.history
-            ),
-        )
-        return format_html('<table class="sagaflow-attempts">{}</table>', rows) if rows else ""
-
-
-class StuckFilter(admin.SimpleListFilter):
-    title = "progress"
-    parameter_name = "stuck"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("yes", f"stuck (no change for {conf.STUCK_AFTER:g}s)")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value() == "yes":
-            return queryset & scans.stuck(conf.STUCK_AFTER)
-        return queryset
-
-
-class AttentionFilter(admin.SimpleListFilter):
-    title = "attention"
-    parameter_name = "attention"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [
-            ("needs_code", "waiting for the code of their version"),
-            ("failed", "failed, not resolved"),
-            ("resolved", "failed, resolved"),
-        ]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value() == "needs_code":
-            return queryset.filter(needs_code_since__isnull=False)
-        if self.value() == "failed":
-            return queryset.filter(state=SagaState.FAILED, resolved_at__isnull=True)
-        if self.value() == "resolved":
-            return queryset.filter(resolved_at__isnull=False)
-        return queryset
 
 
 class ResolveForm(forms.Form):

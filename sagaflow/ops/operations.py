@@ -19,7 +19,7 @@ from django.db.models.functions import Now
 from ..conf import conf
 from ..exceptions import ActionRefused, DefinitionMismatchError, UnknownSagaError
 from ..models import Saga, SagaState, SagaStep, StepState
-from ..saga import store
+from ..saga import leases, store
 from ..saga.attempts import (
     COMPENSATE,
     FORWARD,
@@ -86,7 +86,7 @@ def retry(saga_id: uuid.UUID | str) -> str:
             return _retry_failed(saga, steps)
         leased = next((s for s in steps if s.lease_token is not None), None)
         if leased is not None:
-            if not store.stalled(leased):
+            if not leases.stalled(leased):
                 raise ActionRefused(
                     f"Saga {saga.id}: step {leased.name!r} is running now (its lease runs "
                     f"until {leased.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC). Wait for it, "

@@ -132,6 +132,9 @@ class _ScanFloor:
 
 _floor = _ScanFloor()
 
+#: Empty claims from a full window in a row after which a drain stops.
+EMPTY_CLAIMS = 3
+
 
 class _PublishFailed(Exception):
     """Rolls the relay's transaction back, putting the claimed rows back."""
@@ -239,16 +242,18 @@ def drain(
     """Relay batches until there is nothing left to claim (or a publish fails, or
     time is up).
 
-    A batch that comes back empty ends the drain, and so does a short one whose
-    window was not full: everything publishable was in it. A short batch from a
-    full window means other relays own keys at the head; the drain goes on with the
-    keys after them. A failed publish stops the drain: the broker is likely down,
-    and the failed rows already wait for their retry time.
+    A short batch whose window was not full ends the drain: everything publishable
+    was in it. A short or empty batch from a full window means other relays own the
+    head of the backlog, or published it since this claim's snapshot; the drain
+    goes on with what lies after it, and ends after ``EMPTY_CLAIMS`` empty ones in a
+    row (the others are draining it). A failed publish stops the drain: the broker
+    is likely down, and the failed rows already wait for their retry time.
     """
     limit = int(batch_size or conf.OUTBOX_BATCH_SIZE)
     publisher = publisher or get_publisher()
     report = DrainReport()
     started = time.monotonic()
+    empty = 0
     while True:
         result = relay_batch(limit, publisher)
         if result.claimed:
@@ -256,9 +261,12 @@ def drain(
         report.published += result.published
         report.failed += result.failed
         report.dead += result.dead
-        if result.failed or result.dead or not result.claimed:
+        if result.failed or result.dead:
             break
         if result.claimed < limit and not result.window_full:
+            break
+        empty = 0 if result.claimed else empty + 1
+        if empty >= EMPTY_CLAIMS:
             break
         if should_stop is not None and should_stop():
             break

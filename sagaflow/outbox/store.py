@@ -230,10 +230,13 @@ def claim(
             "   WHERE state = 'pending' AND available_at <= now() AND id >= %(floor)s"
             "   ORDER BY id LIMIT %(window)s),"
             # One entry per key (its window rows, in id order) and per keyless row,
-            # in the order of their first row.
-            " k AS MATERIALIZED (SELECT key, min(id) AS first, max(id) AS last,"
-            "   array_agg(id ORDER BY id) AS ids FROM w"
-            "   GROUP BY key, CASE WHEN key IS NULL THEN id END ORDER BY 2),"
+            # in the order of their first row. (Keys grouped by their hash first:
+            # integer compares, no collation.)
+            " k AS MATERIALIZED (SELECT * FROM ("
+            "   SELECT key, min(id) AS first, max(id) AS last, array_agg(id ORDER BY id) AS ids"
+            "   FROM w WHERE key IS NOT NULL GROUP BY hashtext(key), key"
+            "   UNION ALL SELECT NULL, id, id, ARRAY[id] FROM w WHERE key IS NULL) AS x"
+            "   ORDER BY first),"
             # Ownership, decided once per entry (a MATERIALIZED CTE computes each of
             # its rows once, whatever plan reads it) and lazily (only for the entries
             # that ``q`` reads before its LIMIT): a transaction-level advisory lock on

@@ -12,7 +12,8 @@ Who owns what, from the user's API down to the SQL:
   ``continuation``: local steps (the next step run in the same task);
   ``dispatch``: step messages sent after commit, by task name.
 - ``recovery`` and ``sweeper``: expired leases, deadlines and lost messages.
-- ``store`` (the run's locks and writes), ``creation`` (a new run in one statement),
+- ``store`` (the run's locks and writes), ``leases`` (what the locked rows say of
+  an attempt: lease held, claimable, due soon, stalled), ``creation`` (a new run in one statement),
   ``scans`` (queries across runs), ``rows`` (plain SQL for the hot path).
 - ``graph``: the Mermaid drawing of a definition and a run.
 """

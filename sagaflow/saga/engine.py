@@ -44,7 +44,7 @@ from ..exceptions import (
 from ..faults import fault_point
 from ..jsonvalue import ensure_json
 from ..models import Saga, SagaState, SagaStep
-from . import continuation, creation, dispatch, registry, rows, store
+from . import continuation, creation, dispatch, leases, registry, rows, store
 from .attempts import (
     COMPENSATE,
     FORWARD,
@@ -165,7 +165,7 @@ def _attempt(claim: Claim) -> Claim | None:
                     with_next=True,
                     hold_for=timeout_of(claim.step_def, claim.phase),
                 )
-                if step is None or not store.holds_lease(step, claim.token, claim.phase):
+                if step is None or not leases.holds_lease(step, claim.token, claim.phase):
                     _reject_stale(claim)
                     return None
                 if step.saga.state != SagaState.RUNNING:
@@ -204,7 +204,7 @@ def _record_if_current(claim: Claim, outcome: Outcome) -> bool:
     """Record the outcome of a non-atomic attempt unless its lease was lost meanwhile."""
     with transaction.atomic():
         step = store.lock_step(claim.step_id, with_next=True)
-        if step is None or not store.holds_lease(step, claim.token, claim.phase):
+        if step is None or not leases.holds_lease(step, claim.token, claim.phase):
             _reject_stale(claim)
             return False
         with rows.batched_writes():
@@ -223,8 +223,8 @@ def _claim(step_id: int, phase: str, token: uuid.UUID) -> Claim | None:
     with transaction.atomic(), rows.batched_writes():
         store.relax_durability()
         step = store.lock_step(step_id)
-        if step is None or not store.is_claimable(step, phase):
-            if step is not None and (early := store.due_in(step, phase)) is not None:
+        if step is None or not leases.is_claimable(step, phase):
+            if step is not None and (early := leases.due_in(step, phase)) is not None:
                 # Delivered before its countdown ran out (the sender's clock is
                 # behind this worker's): send it again for the rest of the wait,
                 # rather than leave the step to the sweeper's REDISPATCH_AFTER.

@@ -17,7 +17,7 @@ from django.db import transaction
 from ..conf import conf
 from ..exceptions import DefinitionMismatchError, UnknownSagaError
 from ..models import Saga, SagaState, SagaStep, StepState
-from . import dispatch, scans, store
+from . import dispatch, leases, scans, store
 from .attempts import (
     COMPENSATE,
     FORWARD,
@@ -48,7 +48,7 @@ def recover_expired_lease(step_id: int) -> bool:
         # sweep (PostgreSQL ends that session: IDLE_IN_TRANSACTION_TIMEOUT), so it
         # never delays the recovery of the others.
         step = store.lock_step(step_id, skip_locked=True)
-        if step is None or not store.stalled(step):
+        if step is None or not leases.stalled(step):
             return False
         saga = step.saga
         phase = FORWARD if step.state == StepState.RUNNING else COMPENSATE

@@ -24,7 +24,7 @@ from django.db.models import (
 from django.db.models.functions import Now
 
 from ..conf import conf
-from ..models import Saga, SagaState, SagaStep, StepState
+from ..models import Saga, SagaStep, StepState
 from . import rows
 
 FORWARD = "forward"
@@ -153,56 +153,6 @@ def steps_of(saga: Saga) -> list[SagaStep]:
     for step in found:
         step.saga = saga
     return found
-
-
-def holds_lease(step: SagaStep, token: uuid.UUID, phase: str) -> bool:
-    """The attempt with lease ``token`` is still the step's current one.
-
-    A forward attempt keeps its lease when its saga is abandoned meanwhile (the
-    saga is then compensating): its outcome is recorded, then compensated.
-    """
-    saga_states: tuple[SagaState, ...]
-    if phase == FORWARD:
-        expected_state, saga_states = StepState.RUNNING, LEASED_FORWARD_SAGA_STATES
-    else:
-        expected_state, saga_states = StepState.COMPENSATING, (SagaState.COMPENSATING,)
-    return (
-        step.lease_token == token
-        and step.state == expected_state
-        and step.saga.state in saga_states
-    )
-
-
-LEASED_FORWARD_SAGA_STATES = (SagaState.RUNNING, SagaState.COMPENSATING)
-
-
-def is_claimable(step: SagaStep, phase: str) -> bool:
-    """Waiting, due by the database clock, and its saga in the matching state."""
-    waiting_state = StepState.PENDING if phase == FORWARD else StepState.COMPENSATING
-    saga_state = SagaState.RUNNING if phase == FORWARD else SagaState.COMPENSATING
-    return (
-        step.saga.state == saga_state
-        and step.state == waiting_state
-        and step.lease_token is None
-        and step.due_at is not None
-        and step.due_at <= step.db_now  # type: ignore[attr-defined]
-    )
-
-
-def due_in(step: SagaStep, phase: str) -> float | None:
-    """Seconds until a waiting step is due, if it is waiting in ``phase`` and due
-    within ``MAX_COUNTDOWN`` (a message that arrived early); otherwise ``None``."""
-    waiting_state = StepState.PENDING if phase == FORWARD else StepState.COMPENSATING
-    saga_state = SagaState.RUNNING if phase == FORWARD else SagaState.COMPENSATING
-    if (
-        step.saga.state != saga_state
-        or step.state != waiting_state
-        or step.lease_token is not None
-        or step.due_at is None
-    ):
-        return None
-    remaining = (step.due_at - step.db_now).total_seconds()  # type: ignore[attr-defined]
-    return remaining if 0 < remaining <= conf.MAX_COUNTDOWN else None
 
 
 # --- step transitions (caller holds the saga lock) ----------------------------------
@@ -398,12 +348,3 @@ def _unflag(saga: Saga) -> list[str]:
     saga.needs_code_since = None
     saga.error = saga.error.partition("\n")[2]
     return ["needs_code_since", "error"]
-
-
-def stalled(step: SagaStep) -> bool:
-    """Leased and past its lease by the database clock."""
-    return (
-        step.lease_token is not None
-        and step.lease_expires_at is not None
-        and step.lease_expires_at < step.db_now  # type: ignore[attr-defined]
-    )

@@ -15,7 +15,7 @@ from .. import signals
 from ..conf import conf
 from ..exceptions import DefinitionMismatchError, UnknownSagaError
 from ..models import Saga, SagaState, SagaStep, StepState
-from . import continuation, dispatch, machine, store
+from . import continuation, dispatch, leases, machine, store
 from .attempts import (
     COMPENSATE,
     FORWARD,
@@ -228,7 +228,7 @@ def abandon(saga: Saga, definition: SagaDefinition, reason: str) -> None:
     below = saga.current_step
     settling: SagaStep | None = None
     for step in store.steps_of(saga):
-        if step.state == StepState.RUNNING and not store.stalled(step):
+        if step.state == StepState.RUNNING and not leases.stalled(step):
             settling = step
         elif step.state == StepState.RUNNING:  # its worker is gone: it may have acted
             error = f"{reason} while it ran"

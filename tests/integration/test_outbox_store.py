@@ -214,6 +214,11 @@ def test_celery_publisher_sends_one_message_per_batch(broker_queue):
     assert [e["id"] for m in messages for e in m] == ids
     assert messages[0][1]["payload"] == {"n": 1}
     assert set(messages[0][1]["headers"]) == {"correlation_id", "causation_id"}
+    # Sent by task name, with the short argsrepr (not a repr of the whole batch).
+    raw = [json.loads(m) for m in reversed(broker_queue.client.lrange(broker_queue.name, 0, -1))]
+    assert [m["headers"]["task"] for m in raw] == ["sagaflow.deliver_events"] * 2
+    assert raw[0]["headers"]["argsrepr"] == f"([5 events, ids {ids[0]}..{ids[4]}],)"
+    assert raw[0]["headers"]["kwargsrepr"] == "{}"
 
 
 # --- consumers -----------------------------------------------------------------------

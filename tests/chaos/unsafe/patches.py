@@ -99,7 +99,7 @@ def clock() -> None:
     from django.utils import timezone
 
     from sagaflow.models import SagaStep
-    from sagaflow.saga import scans, store
+    from sagaflow.saga import leases, scans
 
     def on_worker_clock(check):
         def checked(step, *args):
@@ -115,9 +115,9 @@ def clock() -> None:
             .values_list("pk", flat=True)[:limit]
         )
 
-    store.is_claimable = on_worker_clock(store.is_claimable)
-    store.due_in = on_worker_clock(store.due_in)
-    store.stalled = on_worker_clock(store.stalled)
+    leases.is_claimable = on_worker_clock(leases.is_claimable)
+    leases.due_in = on_worker_clock(leases.due_in)
+    leases.stalled = on_worker_clock(leases.stalled)
     scans.expired_leases = expired_leases
 
 
