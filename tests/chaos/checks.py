@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db.models import Count
@@ -25,6 +24,7 @@ from sagaflow.saga import registry
 from sagaflow.saga.attempts import timeout_of
 
 from .load import LoadStats
+from .results import Result, _result
 
 TERMINAL = ("completed", "compensated", "failed")
 #: Service log outcomes that mean "this request acted" (a replay does not).
@@ -36,24 +36,6 @@ EFFECTS = {
     ("shipping", "cancel"): {"cancelled", "tombstone"},
 }
 ORDER_OF_SAGA = {"completed": "confirmed", "compensated": "cancelled", "failed": "failed"}
-
-
-@dataclass
-class Result:
-    name: str
-    violations: int
-    detail: str
-
-    @property
-    def ok(self) -> bool:
-        return self.violations == 0
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "violations": self.violations, "detail": self.detail}
-
-
-def _result(name: str, bad: list[str], fine: str) -> Result:
-    return Result(name, len(bad), "; ".join(bad[:4]) if bad else fine)
 
 
 def sagas_terminal(

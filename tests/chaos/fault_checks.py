@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from sagaflow.models import OutboxEvent, Saga, SagaStep
 from sagaflow.saga import registry
 
-from .checks import Result, _result
+from .results import Result, _result
 
 #: The error a run stopped by a definition that changed mid-run ends with
 #: (``transitions.resolve``; a compensation the code no longer has: ``engine._claim``).

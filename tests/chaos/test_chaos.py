@@ -77,11 +77,11 @@ def violations(summary: dict) -> dict[str, int]:
     return {r["name"]: r["violations"] for r in summary["invariants"] if r["violations"]}
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 def test_control_run_with_unsafe_settings_is_caught(tmp_path):
     """Early acks, step messages sent inside the transaction and no sweepers, under
     worker crashes and a Redis restart: the same checks must find lost checkouts."""
-    code, summary, text = run_harness(tmp_path, "--profile", "control", "--seed", "3", timeout=200)
+    code, summary, text = run_harness(tmp_path, "--profile", "control", "--seed", "3", timeout=420)
     found = violations(summary)
     assert code == 1, f"exit {code}, violations {found}:\n{text[-4000:]}"
     assert summary["unsafe"] == ["acks", "publish", "sweeper"]

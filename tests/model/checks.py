@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import connection
 from django.db.models.functions import Now
 
 from sagaflow.models import Saga, SagaStep
@@ -158,8 +159,6 @@ class Invariants:
     # --- after every rule ---------------------------------------------------------------
 
     def check(self) -> None:
-        from .machine import healthy_connection
-
         if self.unchanged:
             self.unchanged = False
             return
@@ -430,3 +429,12 @@ class Invariants:
         if not nonjson:
             raise Violation(message)
         self.flag(7, message, index=nonjson[0])
+
+
+def healthy_connection() -> None:
+    """The engine must leave a worker's connection usable for its next task."""
+    raw = connection.connection
+    if raw is not None and (raw.pgconn.transaction_status != 0 or raw._pipeline is not None):
+        status, pipeline = raw.pgconn.transaction_status, raw._pipeline
+        connection.close()
+        raise Violation(f"the engine left the connection in state {status!r}, pipeline {pipeline}")

@@ -40,8 +40,8 @@ from sagaflow.models import Saga, SagaStep
 from sagaflow.ops import operations
 from sagaflow.saga import engine, registry, sweeper
 
-from .checks import Invariants, Snapshot
-from .holes import BY_HOLE, Violation, open_holes
+from .checks import Invariants, Snapshot, healthy_connection
+from .holes import BY_HOLE, open_holes
 from .spec import MODEL_SETTINGS, SagaSpec, build, saga_specs, step_name
 from .world import (
     COMPENSATE,
@@ -75,15 +75,6 @@ class Message:
     phase: str
     eta: datetime
     seq: int
-
-
-def healthy_connection() -> None:
-    """The engine must leave a worker's connection usable for its next task."""
-    raw = connection.connection
-    if raw is not None and (raw.pgconn.transaction_status != 0 or raw._pipeline is not None):
-        status, pipeline = raw.pgconn.transaction_status, raw._pipeline
-        connection.close()
-        raise Violation(f"the engine left the connection in state {status!r}, pipeline {pipeline}")
 
 
 def _guarded(fn):

@@ -52,5 +52,7 @@ def _cycles(graph: grimp.ImportGraph, package: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("package", ["sagaflow", "demo_shop", "bench", "tests"])
 def test_no_import_cycles(package):
-    graph = grimp.build_graph(package, cache_dir=None)
+    # Imports under ``if TYPE_CHECKING:`` never run (a mixin naming the class it is
+    # mixed into); every import that runs counts, at module level or in a function.
+    graph = grimp.build_graph(package, cache_dir=None, exclude_type_checking_imports=True)
     assert _cycles(graph, package) == []
